@@ -1,0 +1,34 @@
+# Two set-up commands for a fresh machine:  make repro   (pipeline on the embedded sample)
+#                                           make test    (the test suite)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(abspath $(VENV)/bin)
+# No network at run time: models, metrics and datasets come from disk only.
+export HF_HUB_OFFLINE := 1
+export HF_EVALUATE_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: install repro test funnel clean
+
+install: $(VENV)/.installed
+
+# torch is pinned in the same pip command as everything else (a local CPU wheel; unpinned, pip
+# pulls the CUDA build). constraints.txt pins the whole dependency tree.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+repro: install
+	PATH="$(BIN):$$PATH" dvc repro
+	PATH="$(BIN):$$PATH" soqa funnel
+
+test: install
+	PATH="$(BIN):$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+funnel: install
+	PATH="$(BIN):$$PATH" soqa funnel

@@ -1,0 +1,23 @@
+"""`soqa` command line: the funnel, the quality report, asking the trained model."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="soqa", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("funnel", help="print the curation funnel (rows kept and rejected per stage)")
+    f.add_argument("--metrics", type=Path, default=Path("metrics/audit"))
+    args = ap.parse_args(argv)
+    if args.command == "funnel":
+        from stages.report_cli import print_funnel
+
+        return print_funnel(args.metrics)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

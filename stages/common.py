@@ -1,0 +1,388 @@
+"""Shared mechanics of every stage: params, atomic outputs, the audit ledger, batch streaming.
+
+A stage module holds a pure transform (batch in -> kept batch + rejected rows with a reason)
+and a thin entry point that uses the pieces here for everything else, so that every stage
+reads params, writes outputs and accounts for rows the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+ROOT = Path(os.environ.get("SOQA_ROOT", ".")).resolve()
+DATA = Path("data")
+METRICS = Path("metrics")
+
+# Rejected rows of every stage share one schema, so the report can read them all alike.
+REJECT_SCHEMA = pa.schema([
+    ("stage", pa.string()),
+    ("table", pa.string()),        # questions | answers | pairs
+    ("id", pa.int64()),            # the row's original id, null when the id itself was unreadable
+    ("source_id", pa.string()),    # the id as it stood in the source, for unreadable ids
+    ("reason", pa.string()),       # a short machine-readable reason, e.g. empty_body
+    ("detail", pa.string()),       # a human hint: the bad value, the snippet, the rule
+])
+
+QUESTION_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("owner_user_id", pa.int64()),
+    ("creation_date", pa.timestamp("s", tz="UTC")),
+    ("score", pa.int64()),
+    ("title", pa.string()),
+    ("body", pa.string()),
+])
+ANSWER_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("owner_user_id", pa.int64()),
+    ("creation_date", pa.timestamp("s", tz="UTC")),
+    ("parent_id", pa.int64()),
+    ("score", pa.int64()),
+    ("body", pa.string()),
+])
+PAIR_SCHEMA = pa.schema([
+    ("question_id", pa.int64()),
+    ("answer_id", pa.int64()),
+    ("answer_rank", pa.int32()),   # 1 = best answer of its question
+    ("title", pa.string()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("question_score", pa.int64()),
+    ("answer_score", pa.int64()),
+])
+SCHEMAS = {"questions": QUESTION_SCHEMA, "answers": ANSWER_SCHEMA, "pairs": PAIR_SCHEMA}
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on: the message is printed as one clear line and the stage exits 1."""
+
+
+# ----------------------------------------------------------------------------- params
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+# ----------------------------------------------------------------------------- atomic outputs
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` (file or folder) and move it into place on success.
+
+    A killed or failing stage leaves the old output (or none), never a half-written one: the
+    rename is atomic on one file system. Folders are swapped through a second rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    commit_path(tmp, path)
+
+
+def commit_path(tmp: Path, path: Path) -> None:
+    """Move a finished temporary output over its final path (atomically for files)."""
+    if tmp.is_dir():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        _remove(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def clean_stale_tmp(*dirs: str | Path) -> None:
+    """Remove temporaries left by a killed earlier run (their names start with '.' and hold .tmp-)."""
+    for d in dirs:
+        d = Path(d)
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+                    _remove(p)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- batches
+@dataclass
+class BatchResult:
+    """What a pure transform returns for one batch."""
+    kept: pd.DataFrame
+    rejected: pd.DataFrame = field(default_factory=lambda: empty_rejects())
+    repaired: Counter = field(default_factory=Counter)   # rows kept after a repair, by kind
+
+
+def empty_rejects() -> pd.DataFrame:
+    return REJECT_SCHEMA.empty_table().to_pandas()
+
+
+def rejects(table: str, ids: Iterable, reasons: Iterable[str], details: Iterable[str] | None = None,
+            source_ids: Iterable | None = None) -> pd.DataFrame:
+    """Build rejected rows (stage is filled in by the ledger)."""
+    ids = list(ids)
+    reasons = list(reasons)
+    n = len(ids)
+    details = [""] * n if details is None else [str(d)[:300] for d in details]
+    source_ids = [None if i is None else str(i) for i in ids] if source_ids is None else list(source_ids)
+    return pd.DataFrame({
+        "stage": pd.Series([""] * n, dtype="string"),
+        "table": pd.Series([table] * n, dtype="string"),
+        "id": pd.Series(ids, dtype="Int64"),
+        "source_id": pd.Series(source_ids, dtype="string"),
+        "reason": pd.Series(reasons, dtype="string"),
+        "detail": pd.Series(details, dtype="string"),
+    })
+
+
+def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+def to_frame(batch: pa.RecordBatch | pa.Table) -> pd.DataFrame:
+    """Arrow -> pandas with nullable ints and plain Python strings (ids stay int64, NA stays NA)."""
+    return batch.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
+
+
+def iter_parquet(path: str | Path, batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    pf = pq.ParquetFile(path)
+    yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def parquet_rows(path: str | Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+class ParquetSink:
+    """Streams rows into one parquet file in fixed-size row groups.
+
+    Row groups are cut every ROW_GROUP rows whatever the incoming batch sizes, so a file's
+    bytes depend only on its rows (not on batch size or worker count). An empty output is
+    still a file with the schema.
+    """
+
+    ROW_GROUP = 32 * 1024
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = path
+        self.schema = schema
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._held = 0
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def write(self, table: pa.Table | pd.DataFrame) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = to_table(table, self.schema)
+        if not table.num_rows:
+            return
+        self._pending.append(table.cast(self.schema))
+        self._held += table.num_rows
+        self.rows += table.num_rows
+        if self._held >= self.ROW_GROUP:
+            self._drain(final=False)
+
+    def _drain(self, final: bool) -> None:
+        if not self._pending:
+            return
+        held = pa.concat_tables(self._pending)
+        full = (held.num_rows // self.ROW_GROUP) * self.ROW_GROUP
+        cut = held.num_rows if final else full
+        if cut:
+            self._writer.write_table(held.slice(0, cut), row_group_size=self.ROW_GROUP)
+        rest = held.slice(cut)
+        self._pending = [rest] if rest.num_rows else []
+        self._held = rest.num_rows
+
+    def close(self) -> None:
+        self._drain(final=True)
+        self._writer.close()
+
+
+def map_batches(fn: Callable[[Any], Any], batches: Iterable[Any], workers: int) -> Iterator[Any]:
+    """Apply `fn` to each batch, in order, in `workers` processes (1: in this process).
+
+    Order is preserved, so outputs are byte-identical whatever the number of workers.
+    """
+    if workers <= 1:
+        for b in batches:
+            yield fn(b)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(fn, batches, chunksize=1)
+
+
+# ----------------------------------------------------------------------------- audit ledger
+class Ledger:
+    """Counts rows in / out / rejected-by-reason for one stage and keeps the rejected rows.
+
+    `finish()` refuses to write anything when rows_in != rows_out + rejected: a stage that
+    loses rows silently is a bug, and the pipeline stops there.
+    """
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.rows_in: Counter = Counter()       # by table
+        self.rows_out: Counter = Counter()
+        self.rejected: Counter = Counter()      # by reason
+        self.rejected_by_table: Counter = Counter()
+        self.repaired: Counter = Counter()
+        self.started = time.time()
+        self.extra: dict[str, Any] = {}
+        self._reject_tmp = _tmp_sibling(DATA / "rejects" / f"{stage}.parquet")
+        self._reject_tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._rejects = ParquetSink(self._reject_tmp, REJECT_SCHEMA)
+
+    def count_in(self, table: str, n: int) -> None:
+        self.rows_in[table] += n
+
+    def count_out(self, table: str, n: int) -> None:
+        self.rows_out[table] += n
+
+    def reject(self, rej: pd.DataFrame) -> None:
+        if len(rej) == 0:
+            return
+        rej = rej.copy()
+        rej["stage"] = self.stage
+        self.rejected.update(rej["reason"].astype(str).tolist())
+        self.rejected_by_table.update(rej["table"].astype(str).tolist())
+        self._rejects.write(rej)
+
+    def record(self, table: str, n_in: int, result: BatchResult) -> None:
+        """Book one transformed batch: n_in rows went in, result says where they went."""
+        self.count_in(table, n_in)
+        self.count_out(table, len(result.kept))
+        self.reject(result.rejected)
+        self.repaired.update(result.repaired)
+
+    def summary(self) -> dict[str, Any]:
+        tables = sorted(set(self.rows_in) | set(self.rows_out))
+        return {
+            "stage": self.stage,
+            "rows_in": sum(self.rows_in.values()),
+            "rows_out": sum(self.rows_out.values()),
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "repaired_by_kind": dict(sorted(self.repaired.items())),
+            "tables": {t: {"rows_in": self.rows_in[t], "rows_out": self.rows_out[t],
+                           "rejected": self.rejected_by_table[t]} for t in tables},
+            **self.extra,
+        }
+
+    def check(self) -> dict[str, Any]:
+        s = self.summary()
+        for t, c in s["tables"].items():
+            if c["rows_in"] != c["rows_out"] + c["rejected"]:
+                raise StageError(
+                    f"stage {self.stage}: rows lost in table {t}: rows_in {c['rows_in']} != "
+                    f"rows_out {c['rows_out']} + rejected {c['rejected']}")
+        return s
+
+    def finish(self) -> dict[str, Any]:
+        """Check the invariant, then write rejects and the audit metrics atomically."""
+        s = self.check()
+        self._rejects.close()
+        commit_path(self._reject_tmp, DATA / "rejects" / f"{self.stage}.parquet")
+        s["seconds"] = round(time.time() - self.started, 3)
+        # Wall time varies run to run; keep it out of the DVC metric so diffs show data changes.
+        write_json(METRICS / "audit" / f"{self.stage}.json", {k: v for k, v in s.items() if k != "seconds"})
+        return s
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._rejects.close()
+        _remove(self._reject_tmp)
+
+
+# ----------------------------------------------------------------------------- running a stage
+def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Path]]) -> None:
+    """Run a stage entry point: params in, ledger, checks, atomic commit, funnel line out.
+
+    `body` writes every output to a temporary path and returns {final_path: tmp_path}; only
+    when the audit invariant and the quality checks pass are they moved into place.
+    """
+    from stages import report_cli  # rich printing, kept out of the transforms
+
+    params = load_params()
+    clean_stale_tmp(DATA, DATA / "rejects", METRICS / "audit", Path("models"))
+    ledger = Ledger(stage)
+    try:
+        outputs = body(params, ledger)
+        summary = ledger.check()
+        run_checks(stage, outputs, params)
+        for final, tmp in outputs.items():
+            commit_path(tmp, Path(final))
+        summary = ledger.finish()
+    except StageError as exc:
+        ledger.abort()
+        clean_stale_tmp(DATA, Path("models"))
+        report_cli.console_err().print(f"[bold red]error[/] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except BaseException:
+        ledger.abort()
+        clean_stale_tmp(DATA, Path("models"))
+        raise
+    report_cli.print_stage_summary(summary)
+
+
+def run_checks(stage: str, outputs: dict[str, Path], params: dict[str, Any]) -> None:
+    """Quality gate: the stage's Great Expectations suite over its (still temporary) outputs."""
+    from stages import quality
+
+    quality.validate_stage(stage, {str(k): Path(v) for k, v in outputs.items()}, params)
+
+
+def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, params: dict[str, Any],
+                  fn: Callable[[tuple[str, Any, str]], tuple[int, BatchResult]], option: Any,
+                  tables: Iterable[str] = ("questions", "answers")) -> None:
+    """Stream every table of `in_dir` through `fn` in batches (workers from params) into `out_dir`."""
+    from stages.report_cli import row_progress
+
+    batch_rows = int(params["ingest"].get("batch_rows", 20000))
+    workers = int(params.get("workers", 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(parquet_rows(in_dir / f"{t}.parquet") for t in tables)
+    with row_progress(stage, total) as advance:
+        for t in tables:
+            sink = ParquetSink(out_dir / f"{t}.parquet", SCHEMAS[t])
+            try:
+                jobs = ((t, b, option) for b in iter_parquet(in_dir / f"{t}.parquet", batch_rows))
+                for n_in, res in map_batches(fn, jobs, workers):
+                    ledger.record(t, n_in, res)
+                    sink.write(res.kept)
+                    advance(n_in)
+            finally:
+                sink.close()

@@ -1,0 +1,248 @@
+"""Stage 2, strip_html: HTML bodies -> plain text with code intact.
+
+Output text format (also what the model learns to write):
+- prose: whitespace collapsed, one paragraph per block, blocks separated by a blank line;
+- `<pre>` blocks: a fenced block (```), newlines and indentation intact;
+- inline `<code>`: its text in backticks;
+- list items: one per line, "- " in front;
+- entities decoded; markup-looking literal text in prose (an escaped "&lt;br&gt;") is put in
+  backticks, so that the output never looks like HTML again.
+
+Stripping is idempotent: text with no HTML markup outside code is only whitespace-normalised,
+and the output never holds markup outside code, so strip(strip(x)) == strip(x).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from stages.common import (BatchResult, DATA, Ledger, StageError, _tmp_sibling, rejects, run_per_table,
+                           stage_main, to_frame)
+
+# Tags that make a body HTML. Plain text mentioning "<foo>" with another name stays text.
+HTML_TAGS = ("a|abbr|b|blockquote|body|br|caption|center|cite|code|dd|del|div|dl|dt|em|font|h[1-6]|head|hr|html|"
+             "i|img|ins|kbd|li|ol|p|pre|q|s|samp|small|span|strike|strong|sub|sup|table|tbody|td|tfoot|th|"
+             "thead|tr|tt|u|ul|var")
+MARKUP = re.compile(rf"</?(?:{HTML_TAGS})(?:\s[^<>]*)?/?>|<!--|&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);",
+                    re.IGNORECASE)
+# Already-plain code: fenced blocks and backtick spans are never parsed as HTML.
+FENCE = re.compile(r"^(`{3,})[^\n`]*\n(?:.*?\n)?\1[ \t]*$", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
+
+BLOCK_TAGS = {"p", "div", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "tbody",
+              "thead", "tfoot", "hr", "section", "article", "header", "footer", "center", "body", "html",
+              "form", "caption", "figure", "figcaption", "details", "summary", "main", "nav", "aside"}
+LINE_TAGS = {"li", "tr", "dt", "dd"}
+SKIP_TAGS = {"script", "style", "head", "title", "noscript", "template"}
+
+
+# ----------------------------------------------------------------------------- rendering helpers
+def _fence(code: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", code)), default=0)
+    bar = "`" * max(3, longest + 1)
+    return f"{bar}\n{code}\n{bar}"
+
+
+def _code_span(code: str) -> str:
+    code = " ".join(code.split())
+    if not code:
+        return ""
+    longest = max((len(m) for m in re.findall(r"`+", code)), default=0)
+    bar = "`" * (longest + 1)
+    pad = " " if code.startswith("`") or code.endswith("`") else ""
+    return f"{bar}{pad}{code}{pad}{bar}"
+
+
+def _protect_markup(text: str) -> str:
+    """Literal markup in prose (from escaped entities) goes into backticks so it stays text."""
+    return MARKUP.sub(lambda m: _code_span(m.group(0)), text)
+
+
+def _clean_code(code: str) -> str:
+    lines = [ln.rstrip() for ln in code.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+class _Builder:
+    """Collects blocks while a parse tree is walked; engines differ only in the walk."""
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.inline: list[str] = []
+        self.prefix = ""
+
+    def text(self, s: str) -> None:
+        self.inline.append(_protect_markup(s))
+
+    def code_inline(self, s: str) -> None:
+        if "\n" in s.strip():
+            self.code_block(s)
+        else:
+            # Spaces around keep "see`x`" apart from neighbours once prose is collapsed.
+            self.inline.append(" " + _code_span(s) + " ")
+
+    def code_block(self, s: str) -> None:
+        self.flush()
+        code = _clean_code(s)
+        if code:
+            self.blocks.append(_fence(code))
+
+    def flush(self, sep: str = "\n\n") -> None:
+        line = " ".join("".join(self.inline).split())
+        self.inline = []
+        if line:
+            self.blocks.append(self.prefix + line)
+            self.prefix = ""
+
+    def start_item(self, prefix: str) -> None:
+        self.flush()
+        self.prefix = prefix
+
+    def result(self) -> str:
+        self.flush()
+        out: list[str] = []
+        for b in self.blocks:
+            # List items sit on consecutive lines; every other block is a paragraph.
+            if out and b.startswith("- ") and out[-1].rsplit("\n", 1)[-1].startswith("- "):
+                out[-1] = out[-1] + "\n" + b
+            else:
+                out.append(b)
+        return "\n\n".join(out)
+
+
+# ----------------------------------------------------------------------------- engines
+def _walk_bs4(node: Any, b: _Builder) -> None:
+    from bs4 import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction
+
+    for child in node.children:
+        if isinstance(child, NavigableString):
+            if isinstance(child, (Comment, Declaration, Doctype, ProcessingInstruction)):
+                continue
+            b.text(str(child))
+            continue
+        name = (child.name or "").lower()
+        if name in SKIP_TAGS:
+            continue
+        if name == "pre":
+            b.code_block(child.get_text())
+        elif name == "code":
+            b.code_inline(child.get_text())
+        elif name == "br":
+            b.flush()
+        elif name in LINE_TAGS:
+            b.start_item("- " if name == "li" else "")
+            _walk_bs4(child, b)
+            b.flush()
+        elif name in ("td", "th"):
+            _walk_bs4(child, b)
+            b.text(" | ")
+        elif name in BLOCK_TAGS:
+            b.flush()
+            _walk_bs4(child, b)
+            b.flush()
+        elif name == "img":
+            continue
+        else:
+            _walk_bs4(child, b)
+
+
+def html_to_text_bs4(html: str) -> str:
+    from bs4 import BeautifulSoup
+
+    b = _Builder()
+    _walk_bs4(BeautifulSoup(html, "html.parser"), b)
+    return b.result()
+
+
+ENGINES: dict[str, Callable[[str], str]] = {"bs4": html_to_text_bs4}
+
+
+def normalize_text(text: str) -> str:
+    """Whitespace normal form of plain text: the HTML path's output already has it."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    parts: list[str] = []
+    pos = 0
+    for m in FENCE.finditer(text):
+        parts.append(_normalize_prose(text[pos:m.start()]))
+        body = m.group(0).split("\n")
+        parts.append(_fence(_clean_code("\n".join(body[1:-1]))) if _clean_code("\n".join(body[1:-1])) else "")
+        pos = m.end()
+    parts.append(_normalize_prose(text[pos:]))
+    return "\n\n".join(p for p in parts if p)
+
+
+def _normalize_prose(text: str) -> str:
+    paras, cur = [], []
+    for line in text.split("\n"):
+        line = " ".join(line.split())
+        if line:
+            cur.append(line)
+        elif cur:
+            paras.append("\n".join(cur))
+            cur = []
+    if cur:
+        paras.append("\n".join(cur))
+    return "\n\n".join(paras)
+
+
+def looks_like_html(text: str) -> bool:
+    """True when markup stands outside fenced blocks and backtick spans."""
+    outside = CODE_SPAN.sub(" ", FENCE.sub("\n", text))
+    return MARKUP.search(outside) is not None
+
+
+def strip_html(text: str, engine: str = "bs4") -> str:
+    """HTML -> text (see module doc). Plain text is only normalised, so the result is a fixed point."""
+    if not looks_like_html(text):
+        return normalize_text(text)
+    return normalize_text(ENGINES[engine](text))
+
+
+def normalize_title(title: str) -> str:
+    # Titles are plain text in the dumps (not HTML): only whitespace is normalised.
+    return " ".join(title.split())
+
+
+# ----------------------------------------------------------------------------- the pure transform
+def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
+    bodies = [strip_html(t, engine) for t in df["body"].tolist()]
+    out = df.copy()
+    out["body"] = bodies
+    empty = pd.Series([not b for b in bodies], index=df.index)
+    if table == "questions":
+        out["title"] = [normalize_title(t) for t in df["title"].tolist()]
+        empty |= out["title"].eq("")
+    rej = out[empty]
+    return BatchResult(kept=out[~empty].reset_index(drop=True),
+                       rejected=rejects(table, rej["id"].tolist(), ["empty_after_strip"] * len(rej),
+                                        [t[:120] for t in df.loc[empty, "body"].tolist()]))
+
+
+def _transform_batch(args: tuple[str, Any, str]) -> tuple[int, BatchResult]:
+    table, batch, engine = args
+    df = to_frame(batch)
+    return len(df), transform(table, df, engine)
+
+
+def main() -> None:
+    def body(params: dict[str, Any], ledger: Ledger) -> dict[str, Path]:
+        engine = params["strip_html"].get("engine", "bs4")
+        if engine not in ENGINES:
+            raise StageError(f"strip_html: unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
+        final = DATA / "stripped"
+        tmp = _tmp_sibling(final)
+        run_per_table("strip_html", DATA / "raw", tmp, ledger, params, _transform_batch, engine)
+        return {final: tmp}
+
+    stage_main("strip_html", body)
+
+
+if __name__ == "__main__":
+    main()

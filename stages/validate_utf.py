@@ -1,0 +1,104 @@
+"""Stage 3, validate_utf: repair mojibake, drop control characters, reject what cannot be trusted.
+
+Unlike the seed's "UTF check" (which dropped every non-ASCII row), valid non-ASCII text (é, ’,
+中文, emoji) is kept. ftfy repairs text decoded with the wrong codec ("donâ€™t" -> "don’t")
+but keeps curly quotes as written (uncurl_quotes=False).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import ftfy
+import pandas as pd
+
+from stages.common import (BatchResult, DATA, Ledger, _tmp_sibling, rejects, run_per_table, stage_main,
+                           to_frame)
+
+FTFY_CONFIG = ftfy.TextFixerConfig(uncurl_quotes=False, fix_line_breaks=False, normalization="NFC",
+                                   explain=False, unescape_html=False, remove_terminal_escapes=True)
+# C0 controls except tab and newline, DEL and C1 controls: never meaningful in a post.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# ANSI terminal escapes leave "[31m" behind once ESC is gone; ftfy removes the whole sequence.
+MOJIBAKE_HINT = re.compile(r"[ÂÃâ][\x80-\xbf€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ ¡¢£¤¥¦§¨©ª«¬­®¯°±²³´µ¶·¸¹º»¼½¾¿]")
+
+
+def clean_text(text: str) -> tuple[str, list[str]]:
+    """Return (clean text, kinds of repair made). Pure; the ASCII fast path skips ftfy."""
+    repairs: list[str] = []
+    if text.isascii():
+        if CONTROL.search(text):
+            text = ftfy.fix_text(text, FTFY_CONFIG) if "\x1b" in text else text
+            text = CONTROL.sub("", text)
+            repairs.append("control_chars")
+        return text, repairs
+    fixed = ftfy.fix_text(text, FTFY_CONFIG)
+    if fixed != text:
+        repairs.append("mojibake" if MOJIBAKE_HINT.search(text) else "unicode_fixed")
+        text = fixed
+    if CONTROL.search(text):
+        text = CONTROL.sub("", text)
+        repairs.append("control_chars")
+    return text, repairs
+
+
+def problem(text: str) -> str | None:
+    """Why a cleaned text still cannot be trusted, or None."""
+    if "\ufffd" in text:
+        return "replacement_char"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unencodable_text"      # lone surrogates
+    if unicodedata.is_normalized("NFC", text) is False:
+        return "not_nfc"
+    return None
+
+
+def transform(table: str, df: pd.DataFrame) -> BatchResult:
+    text_cols = ["title", "body"] if table == "questions" else ["body"]
+    out = df.copy()
+    repaired: Counter = Counter()
+    reasons: list[str | None] = [None] * len(df)
+    for col in text_cols:
+        cleaned = []
+        for i, t in enumerate(df[col].tolist()):
+            c, kinds = clean_text(t)
+            repaired.update(kinds)
+            cleaned.append(c)
+            if reasons[i] is None:
+                why = problem(c)
+                if why is None and not c.strip():
+                    why = "empty_after_cleaning"
+                reasons[i] = why
+        out[col] = cleaned
+    bad = pd.Series([r is not None for r in reasons], index=df.index)
+    rej = out[bad]
+    return BatchResult(
+        kept=out[~bad].reset_index(drop=True),
+        rejected=rejects(table, rej["id"].tolist(), [r for r in reasons if r is not None],
+                         [t[:120] for t in df.loc[bad, "body"].tolist()]),
+        repaired=repaired)
+
+
+def _transform_batch(args: tuple[str, Any, Any]) -> tuple[int, BatchResult]:
+    table, batch, _ = args
+    df = to_frame(batch)
+    return len(df), transform(table, df)
+
+
+def main() -> None:
+    def body(params: dict[str, Any], ledger: Ledger) -> dict[str, Path]:
+        final = DATA / "utf8"
+        tmp = _tmp_sibling(final)
+        run_per_table("validate_utf", DATA / "stripped", tmp, ledger, params, _transform_batch, None)
+        return {final: tmp}
+
+    stage_main("validate_utf", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -261,6 +261,7 @@ class Ingester:
         self.ledger, self.q_sink, self.a_sink = ledger, q_sink, a_sink
         self.seen = {"questions": set(), "answers": set()}
         self.kept_questions: set[int] = set()
+        self.rejected_questions: set[int] = set()   # their answers are question_rejected, not orphans
         self.questions_complete = False    # CSV: all questions are read before any answer
         self.pending: list[pd.DataFrame] = []
 
@@ -298,6 +299,7 @@ class Ingester:
             kept = kept[~dup_mask]
         if table == "questions":
             self.kept_questions.update(kept["id"].tolist())
+            self.rejected_questions.update(i for i in res.rejected["id"].tolist() if not pd.isna(i))
         else:
             has_parent = kept["parent_id"].isin(self.kept_questions)
             if self.questions_complete:
@@ -316,7 +318,7 @@ class Ingester:
         (self.q_sink if table == "questions" else self.a_sink).write(kept.reset_index(drop=True))
 
     def _orphan_rejects(self, orphans: pd.DataFrame) -> pd.DataFrame:
-        known = orphans["parent_id"].isin(self.seen["questions"])
+        known = orphans["parent_id"].isin(self.seen["questions"]) | orphans["parent_id"].isin(self.rejected_questions)
         reasons = ["question_rejected" if k else "orphan_answer" for k in known.tolist()]
         details = [f"ParentId={p}" for p in orphans["parent_id"].tolist()]
         return rejects("answers", orphans["id"].tolist(), reasons, details)

@@ -36,6 +36,9 @@ def copy_project(dest: Path) -> Path:
                     (shutil.copytree if sub.is_dir() else shutil.copy2)(sub, dest / "data" / sub.name)
         elif item.name in ("models", "metrics"):
             continue
+        elif item.name == ".dvc":
+            # Only the committed config: the cache and run-cache would let DVC skip real runs.
+            shutil.copytree(item, dest / item.name, ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
         elif item.is_dir():
             shutil.copytree(item, dest / item.name, ignore=shutil.ignore_patterns("__pycache__", "*.tmp-*"))
         else:

@@ -358,6 +358,18 @@ def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Pa
     report_cli.print_stage_summary(summary)
 
 
+def exit_on_stage_error(body: Callable[[], None]) -> None:
+    """Run a stage that does not stream rows through a ledger (tokenizer, train): a StageError is
+    printed as one clear line and the stage exits 1, anything else propagates with its traceback."""
+    from stages import report_cli
+
+    try:
+        body()
+    except StageError as exc:
+        report_cli.console_err().print(f"[bold red]error[/] {exc}", soft_wrap=True)
+        sys.exit(1)
+
+
 def run_checks(stage: str, outputs: dict[str, Path], params: dict[str, Any]) -> None:
     """Quality gate: the stage's Great Expectations suite over its (still temporary) outputs."""
     from stages import quality

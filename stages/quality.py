@@ -1,9 +1,552 @@
-"""Quality gates (Great Expectations suites per data stage). Filled in by the GX work (issue 3)."""
+"""Quality gates: one Great Expectations suite per data stage, run on its outputs before they are committed.
+
+`stage_main` (stages/common.py) calls `validate_stage` with the stage's still-temporary outputs.
+When an expectation fails the stage raises StageError with one message (stage, expectation,
+failed rows, example ids, where the details are), so the stage exits non-zero and nothing is
+committed. When all pass, `metrics/quality/<stage>.json` records the results (a DVC metric:
+evaluated / successful expectations and each check's unexpected count; the full per-expectation
+results sit in a list there, which DVC ignores and the `report` stage renders).
+
+Every suite is code here, expectation by expectation, each with the reason it exists (`why`).
+GX is imported only inside `run_suite` (it costs seconds) and its progress bars are off.
+
+Memory: whole-table checks (uniqueness, membership, fractions) run on the few key columns
+they need, read alone from parquet; text checks run batch by batch and their counts are summed,
+so a 2.2 GB corpus is never held whole.
+"""
 from __future__ import annotations
 
+import html
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.common import DATA, METRICS, StageError, iter_parquet, to_frame, write_json
+
+QUALITY_METRICS = METRICS / "quality"
+# A failed validation is written here (git-ignored): the stage's outputs are not, so the
+# details have to live somewhere a person can open.
+FAILURES = Path("gx") / "uncommitted" / "failures"
+EXAMPLE_IDS = 5          # example ids named in the failure message
+PARTIAL_ROWS = 20        # example rows kept per expectation (GX's SUMMARY format keeps 20 too)
+
+# Split fractions are checked within this many binomial standard errors of the requested share
+# (sqrt(p(1-p)/n) over n questions), and never tighter than SPLIT_MIN_TOLERANCE: hashing
+# assigns questions at random, so a small sample legitimately strays further than a big one.
+SPLIT_TOLERANCE_SE = 4.0
+SPLIT_MIN_TOLERANCE = 0.02
+
+# Which frame's column names a failing row: ids a person can look up.
+ID_COLUMNS = {"questions": ["id"], "answers": ["id"], "pairs": ["answer_id"], "question_sides": ["question_id"],
+              "split_questions": ["question_id"], "shards": ["shard"], "positions": ["answer_id"]}
+
+# ----------------------------------------------------------------------------- text patterns
+# HTML tag names (closing and self-closing forms too). A known-name list, so plain text such as
+# `List<int>` or `a < b > c` is never mistaken for markup.
+_TAG_NAMES = ("a|abbr|b|blockquote|body|br|center|cite|code|dd|del|div|dl|dt|em|font|form|h[1-6]|head|hr|html|"
+              "i|iframe|img|input|ins|kbd|li|link|meta|ol|p|pre|s|script|small|span|strike|strong|style|sub|"
+              "sup|table|tbody|td|th|thead|tr|tt|u|ul")
+HTML_TAG = rf"(?i)</?(?:{_TAG_NAMES})(?:\s[^<>]*)?/?>"
+HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+# Code is excluded from the HTML checks: fenced blocks and backtick spans may legitimately hold
+# `<div>` or `&amp;` (a question about HTML quotes it), prose must not.
+_FENCE = re.compile(r"^(`{3,})[^\n`]*\n.*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
+_CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.DOTALL)
+REPLACEMENT_CHAR = "\ufffd"
+C0_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"          # C0 controls except tab, newline, carriage return
+# UTF-8 read as cp1252/latin-1: "Ã©" for é, "â€™" for ’, "Â " for a no-break space.
+MOJIBAKE = ("Ã[\u0080-\u00bf]|Â[\u00a0-\u00bf]|â€[\u0080-\u00bf\u2018-\u201e\u2020-\u2022\u2026\u2030"
+            "\u2039\u203a\u20ac\u2122\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc]")
+# Questions *about* encoding problems quote mojibake on purpose; one row in a thousand may.
+MOJIBAKE_MOSTLY = 0.999
+
+
+def prose(text: str | None) -> str:
+    """Text with fenced code blocks and backtick code spans removed (what the HTML checks read)."""
+    if not text:
+        return ""
+    return _CODE_SPAN.sub(" ", _FENCE.sub("\n", text))
+
+
+# ----------------------------------------------------------------------------- suites as code
+@dataclass(frozen=True)
+class Check:
+    """One expectation of a suite: the frame it reads, how that frame is fed, and why it exists."""
+    table: str                      # the frame the expectation runs on (see stage_frames)
+    scope: str                      # schema | keys | rows  (rows: fed in batches, counts summed)
+    kind: str                       # the GX expectation class name
+    kwargs: dict[str, Any]
+    why: str
+
+    @property
+    def name(self) -> str:
+        col = self.kwargs.get("column") or "+".join(self.kwargs.get("column_list", [])) or \
+            "|".join(filter(None, [self.kwargs.get("column_A"), self.kwargs.get("column_B")]))
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", self.kind).lower()
+        return f"{self.table}.{col}: {snake}" if col else f"{self.table}: {snake}"
+
+
+def _texts_checks(table: str, column: str) -> list[Check]:
+    return [
+        Check(table, "rows", "ExpectColumnValuesToBeInSet", {"column": "encodes_as_utf8", "value_set": [True]},
+              "every text must encode as UTF-8 (lone surrogates cannot, and crash tokenizers); the flag is "
+              "text.encode('utf-8') per row, since GX cannot even hash a column holding a surrogate"),
+        Check(table, "rows", "ExpectColumnValuesToNotMatchRegex", {"column": column, "regex": REPLACEMENT_CHAR},
+              "U+FFFD marks bytes already lost in decoding: the text is not what the author wrote"),
+        Check(table, "rows", "ExpectColumnValuesToNotMatchRegex", {"column": column, "regex": C0_CONTROL},
+              "C0 control characters (tab/newline aside) are never meaningful in a post and confuse tokenizers"),
+        Check(table, "rows", "ExpectColumnValuesToNotMatchRegex",
+              {"column": column, "regex": MOJIBAKE, "mostly": MOJIBAKE_MOSTLY},
+              "classic mojibake (Ã©, â€™) means UTF-8 was decoded as cp1252 and not repaired; "
+              f"mostly={MOJIBAKE_MOSTLY} because questions about encoding bugs quote it on purpose"),
+    ]
+
+
+def suite_checks(stage: str, params: dict[str, Any]) -> list[Check]:
+    """The suite of a data stage, in the order it is reported."""
+    if stage == "ingest":
+        out: list[Check] = []
+        for table, cols in (("questions", ["id", "owner_user_id", "creation_date", "score", "title", "body"]),
+                            ("answers", ["id", "owner_user_id", "creation_date", "parent_id", "score", "body"])):
+            out.append(Check(table, "schema", "ExpectTableColumnsToMatchOrderedList", {"column_list": cols},
+                             "later stages and the Kaggle schema rely on exactly these columns"))
+            for c in cols:
+                # GX reports pandas' Arrow-backed strings as "str" and UTC timestamps as "Timestamp".
+                typ = "str" if c in ("title", "body") else ("Timestamp" if c == "creation_date" else "int64")
+                out.append(Check(table, "schema", "ExpectColumnValuesToBeOfType", {"column": c, "type_": typ},
+                                 "typed columns: ids and scores integers, dates timestamps, texts strings"))
+            out.append(Check(table, "keys", "ExpectColumnValuesToBeUnique", {"column": "id"},
+                             "a post id names one post: duplicates would double-count and leak across splits"))
+            out.append(Check(table, "keys", "ExpectColumnValuesToNotBeNull", {"column": "id"},
+                             "rows with unreadable ids are rejected at ingest, never kept"))
+            out.append(Check(table, "keys", "ExpectColumnValuesToNotBeNull", {"column": "score"},
+                             "scores are integers for every kept row: filtering and ranking read them"))
+        out.append(Check("answers", "keys", "ExpectColumnValuesToNotBeNull", {"column": "parent_id"},
+                         "an answer without a question cannot become a training pair"))
+        return out
+    if stage == "strip_html":
+        out = []
+        for table in ("questions", "answers"):
+            out += [
+                Check(table, "rows", "ExpectColumnValuesToNotMatchRegex", {"column": "body_prose", "regex": HTML_TAG},
+                      "no HTML tags left in prose; code blocks and backtick spans are excluded (not `mostly`), "
+                      "since code may legitimately contain <div> or List<int>"),
+                Check(table, "rows", "ExpectColumnValuesToNotMatchRegex",
+                      {"column": "body_prose", "regex": HTML_ENTITY},
+                      "entities must be decoded in prose (code excluded: it may quote &amp; on purpose)"),
+                Check(table, "rows", "ExpectColumnValuesToMatchRegex", {"column": "body", "regex": r"\S"},
+                      "no empty text: empty-after-strip bodies are rejected, never kept"),
+            ]
+        out.append(Check("questions", "rows", "ExpectColumnValuesToMatchRegex", {"column": "title", "regex": r"\S"},
+                         "no empty titles: a question without a title is rejected"))
+        return out
+    if stage == "validate_utf":
+        return _texts_checks("questions", "text") + _texts_checks("answers", "text")
+    if stage == "filter_upvotes":
+        k = int(params["filter"]["min_score"])
+        return [Check("answers", "keys", "ExpectColumnValuesToBeBetween", {"column": "score", "min_value": k},
+                      f"every kept answer has score >= filter.min_score ({k}): the filter is the stage's promise")]
+    if stage == "top_answers":
+        k = int(params["top_answers"]["k"])
+        return [
+            Check("pairs", "keys", "ExpectColumnValuesToBeBetween",
+                  {"column": "answer_rank", "min_value": 1, "max_value": k},
+                  f"at most k={k} answers per question (with the uniqueness of question+rank below)"),
+            Check("pairs", "keys", "ExpectCompoundColumnsToBeUnique", {"column_list": ["question_id", "answer_rank"]},
+                  "ranks are unique within a question, so ranks 1..k mean at most k answers"),
+            Check("pairs", "keys", "ExpectCompoundColumnsToBeUnique", {"column_list": ["question_id", "answer_id"]},
+                  "no duplicate pairs: a duplicate would be trained on twice"),
+            Check("pairs", "keys", "ExpectColumnValuesToBeUnique", {"column": "answer_id"},
+                  "an answer belongs to one question: one pair per answer"),
+            Check("pairs", "keys", "ExpectColumnValuesToBeInSet",
+                  {"column": "question_in_input", "value_set": [True]},
+                  "every pair's question exists among the stage's input questions (data/filtered)"),
+        ]
+    if stage == "split":
+        sp = params["split"]
+        t, v = float(sp["test_fraction"]), float(sp["val_fraction"])
+        return [
+            Check("question_sides", "keys", "ExpectColumnValuesToBeUnique", {"column": "question_id"},
+                  "question ids disjoint across train/val/test: one question's answers on two sides leak test data"),
+            Check("split_questions", "keys", "ExpectColumnMeanToBeBetween",
+                  {"column": "is_test", "min_value": "$test_min", "max_value": "$test_max"},
+                  f"share of questions in test near split.test_fraction={t} (within "
+                  f"{SPLIT_TOLERANCE_SE:g} binomial standard errors, at least ±{SPLIT_MIN_TOLERANCE})"),
+            Check("split_questions", "keys", "ExpectColumnMeanToBeBetween",
+                  {"column": "is_val", "min_value": "$val_min", "max_value": "$val_max"},
+                  f"share of questions in val near (1-{t})*{v} (val is a share of non-test), same tolerance"),
+        ]
+    if stage == "shard":
+        size = int(params["shard"]["size"])
+        return [
+            Check("shards", "keys", "ExpectColumnValuesToBeBetween",
+                  {"column": "rows", "min_value": size, "max_value": size, "row_condition": "is_last==False",
+                   "condition_parser": "pandas"},
+                  f"every shard but the last holds exactly shard.size={size} rows"),
+            Check("shards", "keys", "ExpectColumnValuesToBeBetween",
+                  {"column": "rows", "min_value": 1, "max_value": size},
+                  "the last shard holds 1..shard.size rows (no empty shard files)"),
+            Check("positions", "keys", "ExpectColumnPairValuesToBeEqual",
+                  {"column_A": "train_row_hash", "column_B": "shard_row_hash"},
+                  "shards together equal train: row i of the shards (in order) is row i of train, all columns"),
+        ]
+    raise StageError(f"quality: no suite for stage {stage!r}")
+
+
+# ----------------------------------------------------------------------------- frames fed to the suites
+Frame = tuple[str, str, pd.DataFrame]     # (table, scope, frame)
+
+
+def _schema_frame(path: Path) -> pd.DataFrame:
+    """Zero rows, the file's columns and types: type checks without reading any data."""
+    return to_frame(pq.read_schema(path).empty_table())
+
+
+def _keys(path: Path, columns: list[str]) -> pd.DataFrame:
+    return to_frame(pq.read_table(path, columns=columns))
+
+
+def _text_batches(path: Path, columns: list[str], batch_rows: int,
+                  derive: Callable[[pd.DataFrame], pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    seen = False
+    for b in iter_parquet(path, batch_rows, columns=columns):
+        seen = True
+        yield derive(to_frame(b))
+    if not seen:   # an empty table still gets its checks evaluated (on zero rows)
+        yield derive(to_frame(pq.read_schema(path).empty_table().select(columns)))
+
+
+def prose_frame(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(body_prose=[prose(t) for t in df["body"].tolist()])
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def text_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """id, the row's whole text (title + body for questions) and whether it encodes as UTF-8.
+
+    Unencodable text is shown with backslash escapes: pandas' Arrow strings and GX's hashing
+    refuse lone surrogates, and the row must still reach the checks to be reported.
+    """
+    titles = df["title"].tolist() if "title" in df else [None] * len(df)
+    texts = ["\n".join(x for x in (t, b) if x) for t, b in zip(titles, df["body"].tolist())]
+    ok = [_encodes(t) for t in texts]
+    shown = [t if good else t.encode("utf-8", "backslashreplace").decode("utf-8") for t, good in zip(texts, ok)]
+    return pd.DataFrame({"id": pd.array(df["id"], dtype="Int64"), "text": shown, "encodes_as_utf8": ok})
+
+
+def _row_hashes(paths: Iterable[Path], batch_rows: int) -> tuple[pd.Series, pd.Series]:
+    """(answer_id, hash of the whole row) for the rows of `paths` in order, streamed."""
+    ids, hashes = [], []
+    for p in paths:
+        for b in iter_parquet(p, batch_rows):
+            df = b.to_pandas()
+            ids.append(df["answer_id"])
+            hashes.append(pd.util.hash_pandas_object(df, index=False))
+    if not ids:
+        return pd.Series([], dtype="Int64"), pd.Series([], dtype="UInt64")
+    return (pd.concat(ids, ignore_index=True).astype("Int64"),
+            pd.concat(hashes, ignore_index=True).astype("UInt64"))
+
+
+def stage_frames(stage: str, out: Path, params: dict[str, Any]) -> Iterator[Frame]:
+    """The frames a stage's suite reads, from its output folder `out` (and committed inputs)."""
+    batch_rows = int(params.get("ingest", {}).get("batch_rows", 20000))
+    if stage == "ingest":
+        for table, extra in (("questions", []), ("answers", ["parent_id"])):
+            path = out / f"{table}.parquet"
+            yield table, "schema", _schema_frame(path)
+            yield table, "keys", _keys(path, ["id", "score", *extra])
+    elif stage == "strip_html":
+        for table, cols in (("questions", ["id", "title", "body"]), ("answers", ["id", "body"])):
+            for df in _text_batches(out / f"{table}.parquet", cols, batch_rows, prose_frame):
+                yield table, "rows", df
+    elif stage == "validate_utf":
+        for table, cols in (("questions", ["id", "title", "body"]), ("answers", ["id", "body"])):
+            for df in _text_batches(out / f"{table}.parquet", cols, batch_rows, text_frame):
+                yield table, "rows", df
+    elif stage == "filter_upvotes":
+        yield "answers", "keys", _keys(out / "answers.parquet", ["id", "score"])
+    elif stage == "top_answers":
+        pairs = _keys(out / "pairs.parquet", ["question_id", "answer_id", "answer_rank"])
+        input_q = pq.read_table(DATA / "filtered" / "questions.parquet", columns=["id"]).column("id").to_pandas()
+        yield "pairs", "keys", pairs.assign(question_in_input=pairs["question_id"].isin(input_q).astype(bool))
+    elif stage == "split":
+        sides = pd.concat([_keys(out / f"{s}.parquet", ["question_id"]).assign(side=s)
+                           for s in ("train", "val", "test")], ignore_index=True)
+        distinct = sides.drop_duplicates(["question_id", "side"]).reset_index(drop=True)
+        yield "question_sides", "keys", distinct
+        per_q = distinct.drop_duplicates("question_id").reset_index(drop=True)
+        yield "split_questions", "keys", pd.DataFrame({
+            "question_id": per_q["question_id"],
+            "is_test": (per_q["side"] == "test").astype(float),
+            "is_val": (per_q["side"] == "val").astype(float)})
+    elif stage == "shard":
+        files = sorted(out.glob("train-*.parquet"))
+        rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        yield "shards", "keys", pd.DataFrame({"shard": [f.name for f in files], "rows": rows,
+                                               "is_last": [i == len(files) - 1 for i in range(len(files))]})
+        t_ids, t_hash = _row_hashes([DATA / "split" / "train.parquet"], batch_rows)
+        s_ids, s_hash = _row_hashes(files, batch_rows)
+        n = max(len(t_hash), len(s_hash))
+        yield "positions", "keys", pd.DataFrame({
+            "answer_id": t_ids.reindex(range(n)).fillna(s_ids.reindex(range(n))),
+            "train_row_hash": t_hash.reindex(range(n)), "shard_row_hash": s_hash.reindex(range(n))})
+    else:
+        raise StageError(f"quality: no suite for stage {stage!r}")
+
+
+def suite_parameters(stage: str, params: dict[str, Any], frames: list[Frame]) -> dict[str, Any]:
+    """Values the suite needs from the data itself (the split tolerance depends on how many questions)."""
+    if stage != "split":
+        return {}
+    n = sum(len(df) for t, _, df in frames if t == "split_questions")
+    sp = params["split"]
+    t, v = float(sp["test_fraction"]), float(sp["val_fraction"])
+    out = {}
+    for name, p in (("test", t), ("val", (1 - t) * v)):
+        tol = max(SPLIT_MIN_TOLERANCE, SPLIT_TOLERANCE_SE * (p * (1 - p) / max(n, 1)) ** 0.5)
+        out[f"{name}_min"], out[f"{name}_max"] = max(0.0, p - tol), min(1.0, p + tol)
+    return out
+
+
+# ----------------------------------------------------------------------------- running a suite
+def _gx():
+    """Import GX quietly: analytics off, no progress bars (they would garble the stage log)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return gx, gxe, ctx
+
+
+def _resolve(kwargs: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (values[v[1:]] if isinstance(v, str) and v.startswith("$") and v[1:] in values else v)
+            for k, v in kwargs.items()}
+
+
+@dataclass
+class _Tally:
+    """One expectation's result summed over the batches it was fed."""
+    check: Check
+    kwargs: dict[str, Any]
+    success: bool = True
+    element_count: int = 0
+    unexpected_count: int = 0
+    missing_count: int = 0
+    observed_value: Any = None
+    examples: list[Any] = field(default_factory=list)          # ids of failing rows
+    unexpected_values: list[Any] = field(default_factory=list)
+    exception: str | None = None
+
+    def add(self, res: dict[str, Any], success: bool, exception: str | None) -> None:
+        self.success = self.success and success
+        if exception:
+            self.exception = exception
+        r = res or {}
+        self.element_count += int(r.get("element_count") or 0)
+        self.unexpected_count += int(r.get("unexpected_count") or 0)
+        self.missing_count += int(r.get("missing_count") or 0)
+        if "observed_value" in r:
+            self.observed_value = _plain(r["observed_value"])
+        for row in r.get("partial_unexpected_index_list") or []:
+            if len(self.examples) < PARTIAL_ROWS:
+                ids = [row.get(c) for c in ID_COLUMNS.get(self.check.table, [])]
+                self.examples.append(_plain(ids[0] if len(ids) == 1 else ids))
+        for v in r.get("partial_unexpected_list") or []:
+            if len(self.unexpected_values) < PARTIAL_ROWS:
+                self.unexpected_values.append(_short(_plain(v)))
+
+    def finish(self) -> dict[str, Any]:
+        mostly = self.kwargs.get("mostly")
+        if mostly is not None and self.exception is None:
+            # Batches each pass `mostly` on their own share; the whole table must pass it too.
+            counted = self.element_count - self.missing_count
+            self.success = counted == 0 or (counted - self.unexpected_count) / counted >= mostly
+        out = {"name": self.check.name, "table": self.check.table, "expectation": _snake(self.check.kind),
+               "kwargs": _plain(self.kwargs), "why": self.check.why, "success": bool(self.success),
+               "element_count": self.element_count, "unexpected_count": self.unexpected_count,
+               "missing_count": self.missing_count, "examples": self.examples,
+               "unexpected_values": self.unexpected_values}
+        if self.observed_value is not None:
+            out["observed_value"] = self.observed_value
+        if self.exception:
+            out["exception"] = self.exception
+        return out
+
+
+def _check_metric(r: dict[str, Any]) -> dict[str, Any]:
+    m = {"success": r["success"], "unexpected": r["unexpected_count"]}
+    if isinstance(r.get("observed_value"), (int, float)) and not isinstance(r.get("observed_value"), bool):
+        m["observed"] = round(r["observed_value"], 6)
+    return m
+
+
+def _snake(kind: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+
+
+def _short(v: Any) -> Any:
+    return v[:160] + "…" if isinstance(v, str) and len(v) > 160 else v
+
+
+def _plain(v: Any) -> Any:
+    """numpy / pandas scalars -> JSON-able Python values."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if hasattr(v, "item"):
+        try:
+            return v.item()
+        except (ValueError, AttributeError):
+            pass
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
+
+
+def run_suite(stage: str, params: dict[str, Any], frames: Iterable[Frame]) -> dict[str, Any]:
+    """Run the stage's suite over `frames` with GX; returns the results (the quality metrics dict)."""
+    checks = suite_checks(stage, params)
+    gx, gxe, ctx = _gx()
+    source = ctx.data_sources.add_pandas(f"soqa_{stage}")
+    frames = iter(frames)
+    # Only split needs the frames before the suite is built (its tolerance depends on n); its
+    # frames are key columns only, so holding them is cheap.
+    held: list[Frame] = list(frames) if stage == "split" else []
+    values = suite_parameters(stage, params, held)
+    tallies = [_Tally(c, _resolve(c.kwargs, values)) for c in checks]
+    groups: dict[tuple[str, str], tuple[Any, Any, list[_Tally]]] = {}
+    rows_checked: dict[str, int] = {}
+
+    def suite_for(table: str, scope: str):
+        key = (table, scope)
+        if key not in groups:
+            mine = [t for t in tallies if (t.check.table, t.check.scope) == key]
+            suite = gx.ExpectationSuite(name=f"{stage}.{table}.{scope}")
+            for i, t in enumerate(mine):
+                exp = getattr(gxe, t.check.kind)(**t.kwargs, meta={"why": t.check.why, "soqa_check": i})
+                suite.add_expectation(exp)
+            asset = source.add_dataframe_asset(f"{stage}.{table}.{scope}")
+            groups[key] = (asset.add_batch_definition_whole_dataframe("frame"), suite, mine)
+        return groups[key]
+
+    for table, scope, df in (held or frames):
+        if scope != "schema":
+            rows_checked[table] = rows_checked.get(table, 0) + len(df)
+        batch_def, suite, mine = suite_for(table, scope)
+        if not mine:
+            continue
+        id_cols = [c for c in ID_COLUMNS.get(table, []) if c in df.columns]
+        fmt = {"result_format": "SUMMARY", "partial_unexpected_count": PARTIAL_ROWS}
+        if id_cols:
+            fmt["unexpected_index_column_names"] = id_cols
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format=fmt)
+        for r in result.results:
+            tally = mine[int(r.expectation_config.meta["soqa_check"])]
+            info = r.exception_info or {}
+            exc = info.get("exception_message") if info.get("raised_exception") else None
+            tally.add(r.result, bool(r.success), exc)
+
+    results = [t.finish() for t in tallies]
+    ok = sum(r["success"] for r in results)
+    return {
+        "stage": stage,
+        "success": ok == len(results),
+        "evaluated": len(results),
+        "successful": ok,
+        "unsuccessful": len(results) - ok,
+        "rows_checked": rows_checked,
+        # DVC metrics keep these numbers (a diff shows which check changed); lists are ignored.
+        "checks": {r["name"]: _check_metric(r) for r in results},
+        "gx_version": gx.__version__,
+        "results": results,
+    }
+
+
+# ----------------------------------------------------------------------------- the gate
+def failure_message(report: dict[str, Any], where: Path) -> str:
+    failed = [r for r in report["results"] if not r["success"]]
+    first = failed[0]
+    if first.get("exception"):
+        what = f"raised {first['exception']}"
+    elif first["element_count"] or first["unexpected_count"]:
+        what = f"{first['unexpected_count']} of {first['element_count']} rows failed"
+        if first["examples"]:
+            cols = "/".join(ID_COLUMNS.get(first["table"], ["id"]))
+            what += f", e.g. {cols} " + ", ".join(str(x) for x in first["examples"][:EXAMPLE_IDS])
+    else:
+        what = f"observed {first.get('observed_value')!r}"
+    more = f" (+{len(failed) - 1} more failed expectation{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+    return (f"quality gate failed in stage {report['stage']}: {first['expectation']} on {first['name'].split(':')[0]} "
+            f"— {first['why']}: {what}{more}. Outputs not written. Report: {where}")
+
+
+def write_failure(report: dict[str, Any]) -> Path:
+    """The failed results as JSON and a small static HTML page; returns the page's path."""
+    FAILURES.mkdir(parents=True, exist_ok=True)
+    stage = report["stage"]
+    (FAILURES / f"{stage}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    page = FAILURES / f"{stage}.html"
+    page.write_text(render_results_page(report), encoding="utf-8")
+    return page
+
+
+def render_results_page(report: dict[str, Any]) -> str:
+    rows = []
+    for r in report["results"]:
+        mark = "pass" if r["success"] else "FAIL"
+        detail = r.get("exception") or (f"{r['unexpected_count']} of {r['element_count']} rows"
+                                        if r["element_count"] else f"observed {r.get('observed_value')!r}")
+        ex = ", ".join(str(x) for x in r["examples"][:10])
+        vals = "<br>".join(html.escape(repr(v)) for v in r["unexpected_values"][:5])
+        rows.append(f"<tr class='{mark.lower()}'><td>{mark}</td><td>{html.escape(r['name'])}</td>"
+                    f"<td>{html.escape(r['why'])}</td><td>{html.escape(detail)}</td><td>{html.escape(ex)}</td>"
+                    f"<td><code>{vals}</code></td></tr>")
+    return ("<!doctype html><meta charset='utf-8'><title>soqa quality: " + html.escape(report["stage"]) + "</title>"
+            "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;vertical-align:top}.fail td:first-child{color:#b00;font-weight:bold}"
+            ".pass td:first-child{color:#070}</style>"
+            f"<h1>Quality gate, stage {html.escape(report['stage'])}: "
+            f"{report['successful']}/{report['evaluated']} expectations passed</h1>"
+            "<table><tr><th></th><th>expectation</th><th>why</th><th>result</th><th>example ids</th>"
+            "<th>example values</th></tr>" + "".join(rows) + "</table>")
+
+
+def output_dir(stage: str, outputs: dict[str, Path]) -> Path:
+    """The temporary folder holding the stage's data output (the only output there is today)."""
+    data_outs = [tmp for final, tmp in outputs.items() if Path(final).parts[:1] == ("data",)]
+    if len(data_outs) != 1:
+        raise StageError(f"quality: stage {stage} should hand over one data output, got {sorted(outputs)}")
+    return data_outs[0]
+
 
 def validate_stage(stage: str, outputs: dict[str, Path], params: dict[str, Any]) -> None:
-    return None
+    """The gate: run the stage's suite on its temporary outputs; raise StageError on any failure."""
+    report = run_suite(stage, params, stage_frames(stage, output_dir(stage, outputs), params))
+    if not report["success"]:
+        raise StageError(failure_message(report, write_failure(report)))
+    write_json(QUALITY_METRICS / f"{stage}.json", report)

@@ -15,7 +15,9 @@ DATA_STAGES = ["ingest", "strip_html", "validate_utf", "filter_upvotes", "top_an
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    # Piped output (make, CI logs) gets a fixed width wide enough for the funnel's columns.
+    con = Console(highlight=False)
+    return con if con.is_terminal else Console(highlight=False, width=132)
 
 
 def console_err() -> Console:
@@ -60,7 +62,7 @@ def load_audits(metrics_dir: Path = Path("metrics/audit")) -> list[dict[str, Any
 
 def funnel_table(audits: list[dict[str, Any]]) -> Table:
     t = Table(title="soqa curation funnel", show_lines=False)
-    t.add_column("stage")
+    t.add_column("stage", no_wrap=True)
     t.add_column("rows in", justify="right")
     t.add_column("rows out", justify="right")
     t.add_column("rejected", justify="right")

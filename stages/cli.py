@@ -11,11 +11,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("funnel", help="print the curation funnel (rows kept and rejected per stage)")
     f.add_argument("--metrics", type=Path, default=Path("metrics/audit"))
+    r = sub.add_parser("report", help="print the funnel and the quality gates' results (the HTML report's summary)")
+    r.add_argument("--metrics", type=Path, default=Path("metrics"))
     args = ap.parse_args(argv)
     if args.command == "funnel":
         from stages.report_cli import print_funnel
 
         return print_funnel(args.metrics)
+    if args.command == "report":
+        from stages.report import print_report
+
+        return print_report(args.metrics)
     return 2
 
 

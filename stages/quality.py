@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from stages.common import DATA, METRICS, StageError, iter_parquet, to_frame, write_json
 
+STAGE_SUITES = ("ingest", "strip_html", "validate_utf", "filter_upvotes", "top_answers", "split", "shard")
 QUALITY_METRICS = METRICS / "quality"
 # A failed validation is written here (git-ignored): the stage's outputs are not, so the
 # details have to live somewhere a person can open.

@@ -1,0 +1,271 @@
+"""Quality gates: every stage's GX suite passes clean data and fails data that violates it, with one
+clear message; a stage whose suite fails writes nothing; a corrupted input stops `dvc repro` there."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run
+from stages import quality
+from stages.common import ANSWER_SCHEMA, PAIR_SCHEMA, QUESTION_SCHEMA, StageError, load_params, to_frame
+from stages.quality import prose_frame, run_suite, text_frame
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    p = load_params(REPO / "params.yaml")
+    p["filter"]["min_score"] = 2
+    p["top_answers"]["k"] = 2
+    p["split"].update(test_fraction=0.2, val_fraction=0.05)
+    p["shard"]["size"] = 3
+    return p
+
+
+def ids(values: list[int]) -> pd.Series:
+    return pd.Series(values, dtype="Int64")
+
+
+def questions(bodies: list[str], titles: list[str] | None = None) -> pd.DataFrame:
+    n = len(bodies)
+    # object columns: pandas' Arrow strings would refuse a lone surrogate before the suite sees it
+    return pd.DataFrame({"id": ids(list(range(1, n + 1))), "title": titles or [f"title {i}" for i in range(n)],
+                         "body": pd.Series(bodies, dtype=object)})
+
+
+def answers(bodies: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"id": ids(list(range(101, 101 + len(bodies)))), "body": pd.Series(bodies, dtype=object)})
+
+
+def pairs(qids: list[int], aids: list[int], ranks: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"question_id": ids(qids), "answer_id": ids(aids), "answer_rank": ids(ranks)})
+
+
+def failed(report: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in report["results"] if not r["success"]}
+
+
+# ----------------------------------------------------------------------------- frames per suite
+def ingest_frames(q_ids: list[int], q_scores: list, a_schema: pa.Schema = ANSWER_SCHEMA) -> list:
+    return [("questions", "schema", to_frame(QUESTION_SCHEMA.empty_table())),
+            ("questions", "keys", pd.DataFrame({"id": ids(q_ids), "score": ids(q_scores)})),
+            ("answers", "schema", to_frame(a_schema.empty_table())),
+            ("answers", "keys", pd.DataFrame({"id": ids([7, 8]), "score": ids([1, 2]), "parent_id": ids([1, 1])}))]
+
+
+def strip_frames(q_bodies: list[str], a_bodies: list[str]) -> list:
+    return [("questions", "rows", prose_frame(questions(q_bodies))), ("answers", "rows", prose_frame(answers(a_bodies)))]
+
+
+def utf_frames(q_bodies: list[str], a_bodies: list[str]) -> list:
+    return [("questions", "rows", text_frame(questions(q_bodies))), ("answers", "rows", text_frame(answers(a_bodies)))]
+
+
+def split_frames(sides: dict[int, list[str]]) -> list:
+    rows = [(q, s) for q, ss in sides.items() for s in ss]
+    distinct = pd.DataFrame({"question_id": ids([q for q, _ in rows]), "side": [s for _, s in rows]})
+    per_q = distinct.drop_duplicates("question_id").reset_index(drop=True)
+    return [("question_sides", "keys", distinct),
+            ("split_questions", "keys", pd.DataFrame({"question_id": per_q["question_id"],
+                                                      "is_test": (per_q["side"] == "test").astype(float),
+                                                      "is_val": (per_q["side"] == "val").astype(float)}))]
+
+
+def balanced_sides(n: int) -> dict[int, list[str]]:
+    # 20% test, 4% val (5% of the rest), the remainder train: exactly the requested shares.
+    out = {}
+    for q in range(n):
+        out[q] = ["test"] if q % 5 == 0 else (["val"] if q % 25 == 1 else ["train"])
+    return out
+
+
+def shard_frames(rows: list[int], train_hash: list[int], shard_hash: list[int]) -> list:
+    n = len(rows)
+    return [("shards", "keys", pd.DataFrame({"shard": [f"train-{i:05d}.parquet" for i in range(n)], "rows": rows,
+                                             "is_last": [i == n - 1 for i in range(n)]})),
+            ("positions", "keys", pd.DataFrame({"answer_id": ids(list(range(500, 500 + len(train_hash)))),
+                                                "train_row_hash": pd.Series(train_hash, dtype="UInt64"),
+                                                "shard_row_hash": pd.Series(shard_hash, dtype="UInt64")}))]
+
+
+CODE_BODY = "Use this:\n\n```\n<div class=\"x\">&amp;</div>\n```\n\nor `List<int>` and `&lt;`."
+# (stage, clean frames, violating frames, failing check, failed rows, example ids)
+CASES = [
+    ("ingest", ingest_frames([1, 2, 3], [0, 5, -1]), ingest_frames([1, 2, 2], [0, 5, -1]),
+     "questions.id: expect_column_values_to_be_unique", 2, [2, 2]),
+    ("ingest", ingest_frames([1, 2, 3], [0, 5, -1]), ingest_frames([1, 2, 3], [0, None, -1]),
+     "questions.score: expect_column_values_to_not_be_null", 1, [2]),
+    ("ingest", ingest_frames([1, 2, 3], [0, 5, -1]),
+     ingest_frames([1, 2, 3], [0, 5, -1], ANSWER_SCHEMA.set(4, pa.field("score", pa.string()))),
+     "answers.score: expect_column_values_to_be_of_type", 0, []),
+    ("strip_html", strip_frames(["plain text", CODE_BODY], ["- item one\n- item two"]),
+     strip_frames(["plain text", "left over <p>tag</p> here"], ["ok"]),
+     "questions.body_prose: expect_column_values_to_not_match_regex", 1, [2]),
+    ("strip_html", strip_frames(["plain"], ["a < b and b > c", "quote `&amp;` in code"]),
+     strip_frames(["plain"], ["fine", "Tom &amp; Jerry"]),
+     "answers.body_prose: expect_column_values_to_not_match_regex", 1, [102]),
+    ("strip_html", strip_frames(["plain"], ["ok"]), strip_frames(["plain"], ["ok", "   "]),
+     "answers.body: expect_column_values_to_match_regex", 1, [102]),
+    ("validate_utf", utf_frames(["café, don’t", "中文 😀"], ["ok"]), utf_frames(["fine", "bad \ufffd here"], ["ok"]),
+     "questions.text: expect_column_values_to_not_match_regex", 1, [2]),
+    ("validate_utf", utf_frames(["café"], ["tab\tand\nnewline"]), utf_frames(["café"], ["bell \x07 here"]),
+     "answers.text: expect_column_values_to_not_match_regex", 1, [101]),
+    ("validate_utf", utf_frames(["café"], ["ok"]), utf_frames(["cafÃ© and donâ€™t"], ["ok"]),
+     "questions.text: expect_column_values_to_not_match_regex", 1, [1]),
+    ("validate_utf", utf_frames(["café"], ["ok"]), utf_frames(["café"], ["lone \ud800 surrogate"]),
+     "answers.encodes_as_utf8: expect_column_values_to_be_in_set", 1, [101]),
+    ("filter_upvotes", [("answers", "keys", pd.DataFrame({"id": ids([1, 2]), "score": ids([2, 9])}))],
+     [("answers", "keys", pd.DataFrame({"id": ids([1, 2, 3]), "score": ids([2, 1, 0])}))],
+     "answers.score: expect_column_values_to_be_between", 2, [2, 3]),
+    ("top_answers", [("pairs", "keys", pairs([1, 1, 2], [10, 11, 12], [1, 2, 1]).assign(question_in_input=True))],
+     [("pairs", "keys", pairs([1, 1, 1], [10, 11, 13], [1, 2, 3]).assign(question_in_input=True))],
+     "pairs.answer_rank: expect_column_values_to_be_between", 1, [13]),
+    ("top_answers", [("pairs", "keys", pairs([1, 2], [10, 12], [1, 1]).assign(question_in_input=True))],
+     [("pairs", "keys", pairs([1, 1, 2], [10, 10, 12], [1, 2, 1]).assign(question_in_input=True))],
+     "pairs.question_id+answer_id: expect_compound_columns_to_be_unique", 2, [10, 10]),
+    ("top_answers", [("pairs", "keys", pairs([1, 2], [10, 12], [1, 1]).assign(question_in_input=True))],
+     [("pairs", "keys", pairs([1, 2], [10, 12], [1, 1]).assign(question_in_input=[True, False]))],
+     "pairs.question_in_input: expect_column_values_to_be_in_set", 1, [12]),
+    ("split", split_frames(balanced_sides(100)),
+     split_frames({**balanced_sides(100), 7: ["train", "test"]}),
+     "question_sides.question_id: expect_column_values_to_be_unique", 2, [7, 7]),
+    ("split", split_frames(balanced_sides(100)), split_frames({q: ["test"] for q in range(100)}),
+     "split_questions.is_test: expect_column_mean_to_be_between", 0, []),
+    ("shard", shard_frames([3, 3, 1], [1, 2, 3], [1, 2, 3]), shard_frames([3, 2, 2], [1, 2, 3], [1, 2, 3]),
+     "shards.rows: expect_column_values_to_be_between", 1, ["train-00001.parquet"]),
+    ("shard", shard_frames([3, 1], [1, 2, 3, 4], [1, 2, 3, 4]), shard_frames([3, 1], [1, 2, 3, 4], [1, 2, 9, 4]),
+     "positions.train_row_hash|shard_row_hash: expect_column_pair_values_to_be_equal", 1, [502]),
+]
+
+
+@pytest.mark.parametrize("stage,clean,bad,check,n_failed,example_ids", CASES,
+                         ids=[f"{c[0]}-{c[3].split(':')[0]}-{i}" for i, c in enumerate(CASES)])
+def test_suite_passes_clean_and_fails_violating_data(params, stage, clean, bad, check, n_failed, example_ids):
+    ok = run_suite(stage, params, clean)
+    assert ok["success"], failed(ok)
+    assert ok["evaluated"] == len(quality.suite_checks(stage, params)) == ok["successful"]
+
+    report = run_suite(stage, params, bad)
+    assert not report["success"]
+    bad_checks = failed(report)
+    assert check in bad_checks, sorted(bad_checks)
+    assert bad_checks[check]["unexpected_count"] == n_failed
+    assert bad_checks[check]["examples"][:len(example_ids)] == example_ids
+    assert report["unsuccessful"] == len(bad_checks) >= 1
+
+    msg = quality.failure_message(report, Path("gx/uncommitted/failures") / f"{stage}.html")
+    assert f"stage {stage}" in msg and "Outputs not written" in msg
+    assert f"gx/uncommitted/failures/{stage}.html" in msg
+    first = next(r for r in report["results"] if not r["success"])
+    assert first["expectation"] in msg and first["why"] in msg
+    if first["unexpected_count"]:
+        assert f"{first['unexpected_count']} of {first['element_count']} rows failed" in msg
+        assert "e.g. " + "/".join(quality.ID_COLUMNS[first["table"]]) in msg
+        assert str(first["examples"][0]) in msg
+
+
+def test_every_expectation_says_why(params):
+    for stage in quality.STAGE_SUITES:
+        checks = quality.suite_checks(stage, params)
+        assert checks, stage
+        for c in checks:
+            assert len(c.why) > 20, c
+
+
+def test_mostly_is_judged_over_all_batches(params):
+    """Batches each under the mojibake allowance must not hide a table over it (and vice versa)."""
+    clean = [f"row {i}" for i in range(999)]
+    one_bad = utf_frames(["ok"], clean + ["donâ€™t"])          # 1 in 1000: within mostly=0.999
+    assert run_suite("validate_utf", params, one_bad)["success"]
+    # Two batches of 500 rows, one bad row each: each batch alone is over 0.1%, the table too.
+    batches = [("questions", "rows", text_frame(questions(["ok"])))]
+    for b in range(2):
+        df = text_frame(answers(clean[:499] + ["cafÃ©"]))
+        df["id"] = df["id"] + 1000 * b
+        batches.append(("answers", "rows", df))
+    report = run_suite("validate_utf", params, batches)
+    check = failed(report)["answers.text: expect_column_values_to_not_match_regex"]
+    assert check["element_count"] == 1000 and check["unexpected_count"] == 2
+
+
+# ----------------------------------------------------------------------------- the gate on files
+def write_raw(folder: Path, question_ids: list[int]) -> None:
+    folder.mkdir(parents=True)
+    n = len(question_ids)
+    q = pa.table({"id": question_ids, "owner_user_id": [None] * n, "creation_date": [None] * n,
+                  "score": [1] * n, "title": ["t"] * n, "body": ["b"] * n}, schema=QUESTION_SCHEMA)
+    a = pa.table({"id": [50], "owner_user_id": [None], "creation_date": [None], "parent_id": [question_ids[0]],
+                  "score": [3], "body": ["x"]}, schema=ANSWER_SCHEMA)
+    pq.write_table(q, folder / "questions.parquet")
+    pq.write_table(a, folder / "answers.parquet")
+
+
+def test_validate_stage_raises_one_message_and_writes_no_metrics(tmp_path, monkeypatch, params):
+    monkeypatch.chdir(tmp_path)
+    tmp_out = Path("data/.raw.tmp-1")
+    write_raw(tmp_out, [5, 6, 6, 7, 7])
+    with pytest.raises(StageError) as err:
+        quality.validate_stage("ingest", {"data/raw": tmp_out}, params)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("quality gate failed in stage ingest: expect_column_values_to_be_unique on questions.id")
+    assert "4 of 5 rows failed, e.g. id 6, 6, 7, 7" in msg
+    assert "Report: gx/uncommitted/failures/ingest.html" in msg
+    assert not Path("metrics/quality/ingest.json").exists()
+    page = Path("gx/uncommitted/failures/ingest.html").read_text(encoding="utf-8")
+    assert "FAIL" in page and "questions.id" in page
+    details = json.loads(Path("gx/uncommitted/failures/ingest.json").read_text(encoding="utf-8"))
+    assert details["unsuccessful"] == 1
+
+
+def test_validate_stage_writes_quality_metrics_when_all_pass(tmp_path, monkeypatch, params):
+    monkeypatch.chdir(tmp_path)
+    tmp_out = Path("data/.raw.tmp-1")
+    write_raw(tmp_out, [5, 6, 7])
+    quality.validate_stage("ingest", {"data/raw": tmp_out}, params)
+    m = json.loads(Path("metrics/quality/ingest.json").read_text(encoding="utf-8"))
+    assert m["success"] and m["evaluated"] == m["successful"] > 10 and m["unsuccessful"] == 0
+    assert m["rows_checked"] == {"questions": 3, "answers": 1}
+    assert m["checks"]["questions.id: expect_column_values_to_be_unique"] == {"success": True, "unexpected": 0}
+
+
+# ----------------------------------------------------------------------------- dvc repro stops at the gate
+@pytest.mark.slow
+def test_corrupted_input_stops_dvc_repro_at_that_stage(project: Path):
+    from stages.split import assign
+
+    run(["dvc", "repro", "top_answers"], project)
+    # Corrupt split's input the way a bad join would: one question's second pair carries another
+    # title, chosen so that the title-grouped hash sends it to another side than its first pair.
+    path = project / "data" / "top2" / "pairs.parquet"
+    df = pq.read_table(path).to_pandas()
+    sp = load_params(project / "params.yaml")["split"]
+    side = lambda q, t: assign(q, t, int(sp["seed"]), float(sp["test_fraction"]), float(sp["val_fraction"]))
+    qid = int(df.loc[df["answer_rank"] == 2, "question_id"].iloc[0])
+    first, second = df.index[df["question_id"] == qid][:2]
+    title = next(t for t in (f"{df.at[first, 'title']} ({i})" for i in range(1000))
+                 if side(qid, t) != side(qid, df.at[first, "title"]))
+    df.at[second, "title"] = title
+    pq.write_table(pa.Table.from_pandas(df, schema=PAIR_SCHEMA, preserve_index=False), path)
+    run(["dvc", "commit", "-f", "top_answers"], project)   # the corrupted data is top_answers' output now
+
+    proc = run(["dvc", "repro"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "quality gate failed in stage split: expect_column_values_to_be_unique on question_sides.question_id" in out
+    assert f"rows failed, e.g. question_id {qid}, {qid}" in out
+    assert "Report: gx/uncommitted/failures/split.html" in out
+    assert (project / "gx/uncommitted/failures/split.html").exists()
+    # Nothing of the failed stage was committed, and nothing after it ran.
+    assert not (project / "data" / "split").exists()
+    assert not (project / "metrics" / "quality" / "split.json").exists()
+    assert not (project / "data" / "shards").exists()
+    lock = (project / "dvc.lock").read_text(encoding="utf-8")
+    assert "top_answers:" in lock and "\n  split:" not in lock
+    assert json.loads((project / "metrics/quality/top_answers.json").read_text())["success"]

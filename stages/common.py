@@ -334,6 +334,8 @@ def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Pa
     `body` writes every output to a temporary path and returns {final_path: tmp_path}; only
     when the audit invariant and the quality checks pass are they moved into place.
     """
+    from rich.markup import escape  # paths and file contents in messages are not markup
+
     from stages import report_cli  # rich printing, kept out of the transforms
 
     params = load_params()
@@ -349,7 +351,7 @@ def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Pa
     except StageError as exc:
         ledger.abort()
         clean_stale_tmp(DATA, Path("models"))
-        report_cli.console_err().print(f"[bold red]error[/] {exc}", soft_wrap=True)
+        report_cli.console_err().print(f"[bold red]error[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)
     except BaseException:
         ledger.abort()
@@ -361,12 +363,14 @@ def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Pa
 def exit_on_stage_error(body: Callable[[], None]) -> None:
     """Run a stage that does not stream rows through a ledger (tokenizer, train): a StageError is
     printed as one clear line and the stage exits 1, anything else propagates with its traceback."""
+    from rich.markup import escape
+
     from stages import report_cli
 
     try:
         body()
     except StageError as exc:
-        report_cli.console_err().print(f"[bold red]error[/] {exc}", soft_wrap=True)
+        report_cli.console_err().print(f"[bold red]error[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)
 
 

@@ -155,8 +155,26 @@ def _check_readable(path: Path) -> None:
         raise StageError(f"ingest: {path}: file is empty")
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    if b"\x00" in head:
-        raise StageError(f"ingest: {path}: looks like a binary file (NUL bytes in its first 4 KB), not CSV/XML text")
+    # A few NULs inside a row's body are a repairable defect of that row; NULs in the header line,
+    # or bytes that are mostly NUL / not UTF-8, mean the file is not text (zip, image, UTF-16).
+    junk = head.count(b"\x00") + head.decode("utf-8", errors="replace").count("\ufffd")
+    if b"\x00" in head.split(b"\n", 1)[0] or junk > len(head) // 10:
+        raise StageError(f"ingest: {path}: looks like a binary file (NUL or non-UTF-8 bytes in its first 4 KB), "
+                         "not CSV/XML text")
+
+
+def _check_quotes_closed(path: Path, block_bytes: int = 16 << 20) -> None:
+    """A file cut inside a quoted field is truncated: pyarrow would silently keep the cut row as the last one.
+
+    Quoted fields hold their quotes in pairs ("" escapes one), so a whole file holds an even number.
+    """
+    quotes = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(block_bytes):
+            quotes += block.count(b'"')
+    if quotes % 2:
+        raise StageError(f"ingest: {path}: truncated CSV: the file ends inside a quoted field "
+                         "(odd number of '\"' characters)")
 
 
 def read_kaggle_csv(path: Path, table: str, block_bytes: int = 16 << 20) -> Iterator[dict[str, list[str | None]]]:
@@ -172,6 +190,7 @@ def read_kaggle_csv(path: Path, table: str, block_bytes: int = 16 << 20) -> Iter
     if missing:
         raise StageError(f"ingest: {path}: missing columns {missing} (found {header[:10]}); "
                          f"expected the Kaggle schema {expected}")
+    _check_quotes_closed(path)
     bad_rows: list[str] = []
 
     def on_invalid(row: Any) -> str:
@@ -281,22 +300,27 @@ class Ingester:
         n_in = len(raw["Id"])
         if n_in == 0:
             return
+        # Duplicates: the first occurrence in the source wins, later rows with its id are rejected (ids
+        # are the join keys). Decided before typing, so a row rejected for another defect still owns
+        # its id: a later row cannot bring that id back with other content.
+        seen = self.seen[table]
+        dup_pos, dup_ids = [], []
+        for pos, i in enumerate(_parse_int(raw["Id"])):
+            if i is not None and i in seen:
+                dup_pos.append(pos)
+                dup_ids.append(i)
+            elif i is not None:
+                seen.add(i)
+        if dup_pos:
+            drop = set(dup_pos)
+            raw = {c: [v for pos, v in enumerate(vals) if pos not in drop] for c, vals in raw.items()}
         res = type_batch(table, raw)
         if repaired_utf8:
             res.repaired["invalid_utf8"] += repaired_utf8
         kept = res.kept
-        # Duplicates: the first occurrence wins, later ones are rejected (ids are the join keys).
-        seen = self.seen[table]
-        dup_mask = []
-        for i in kept["id"].tolist():
-            dup_mask.append(i in seen)
-            seen.add(i)
-        dup_mask = pd.Series(dup_mask, index=kept.index, dtype=bool)
         rej = [res.rejected]
-        if dup_mask.any():
-            d = kept[dup_mask]
-            rej.append(rejects(table, d["id"].tolist(), ["duplicate_id"] * len(d), ["id seen earlier in the source"] * len(d)))
-            kept = kept[~dup_mask]
+        if dup_ids:
+            rej.append(rejects(table, dup_ids, ["duplicate_id"] * len(dup_ids), ["id seen earlier in the source"] * len(dup_ids)))
         if table == "questions":
             self.kept_questions.update(kept["id"].tolist())
             self.rejected_questions.update(i for i in res.rejected["id"].tolist() if not pd.isna(i))

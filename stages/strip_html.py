@@ -14,6 +14,7 @@ and the output never holds markup outside code, so strip(strip(x)) == strip(x).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +32,10 @@ MARKUP = re.compile(rf"</?(?:{HTML_TAGS})(?:\s[^<>]*)?/?>|<!--|&(?:#\d+|#[xX][0-
 # Already-plain code: fenced blocks and backtick spans are never parsed as HTML.
 FENCE = re.compile(r"^(`{3,})[^\n`]*\n(?:.*?\n)?\1[ \t]*$", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
+# C0 controls (not tab/LF/CR), DEL and terminal escapes are not HTML and split tags ("<co\x00de>" is no
+# tag and would turn into "<code>" once validate_utf drops the NUL): gone before parsing. C1 controls
+# stay for validate_utf, where ftfy may still need them to undo mojibake.
+CONTROL_IN_HTML = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 BLOCK_TAGS = {"p", "div", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "tbody",
               "thead", "tfoot", "hr", "section", "article", "header", "footer", "center", "body", "html",
@@ -200,6 +205,7 @@ def looks_like_html(text: str) -> bool:
 
 def strip_html(text: str, engine: str = "bs4") -> str:
     """HTML -> text (see module doc). Plain text is only normalised, so the result is a fixed point."""
+    text = CONTROL_IN_HTML.sub("", text)
     if not looks_like_html(text):
         return normalize_text(text)
     return normalize_text(ENGINES[engine](text))
@@ -220,9 +226,11 @@ def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
         out["title"] = [normalize_title(t) for t in df["title"].tolist()]
         empty |= out["title"].eq("")
     rej = out[empty]
+    n_control = sum(1 for t in df["body"].tolist() if CONTROL_IN_HTML.search(t))
     return BatchResult(kept=out[~empty].reset_index(drop=True),
                        rejected=rejects(table, rej["id"].tolist(), ["empty_after_strip"] * len(rej),
-                                        [t[:120] for t in df.loc[empty, "body"].tolist()]))
+                                        [t[:120] for t in df.loc[empty, "body"].tolist()]),
+                       repaired=Counter({"control_chars": n_control} if n_control else {}))
 
 
 def _transform_batch(args: tuple[str, Any, str]) -> tuple[int, BatchResult]:

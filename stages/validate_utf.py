@@ -17,6 +17,7 @@ import pandas as pd
 
 from stages.common import (BatchResult, DATA, Ledger, _tmp_sibling, rejects, run_per_table, stage_main,
                            to_frame)
+from stages.strip_html import normalize_text
 
 FTFY_CONFIG = ftfy.TextFixerConfig(uncurl_quotes=False, fix_line_breaks=False, normalization="NFC",
                                    explain=False, unescape_html=False, remove_terminal_escapes=True)
@@ -32,7 +33,7 @@ def clean_text(text: str) -> tuple[str, list[str]]:
     if text.isascii():
         if CONTROL.search(text):
             text = ftfy.fix_text(text, FTFY_CONFIG) if "\x1b" in text else text
-            text = CONTROL.sub("", text)
+            text = normalize_text(CONTROL.sub("", text))   # "a \x00 b" must not stay "a  b"
             repairs.append("control_chars")
         return text, repairs
     fixed = ftfy.fix_text(text, FTFY_CONFIG)
@@ -40,7 +41,7 @@ def clean_text(text: str) -> tuple[str, list[str]]:
         repairs.append("mojibake" if MOJIBAKE_HINT.search(text) else "unicode_fixed")
         text = fixed
     if CONTROL.search(text):
-        text = CONTROL.sub("", text)
+        text = normalize_text(CONTROL.sub("", text))
         repairs.append("control_chars")
     return text, repairs
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from stages.common import StageError
 
-# Shapes of the T5 v1.1 / FLAN-T5 family (gated-GELU feed-forward, untied input/output embeddings).
+# Shapes of the T5 v1.1 / FLAN-T5 family (gated-GELU feed-forward, unscaled decoder output). Note:
+# transformers 5 always ties T5's lm_head to the input embedding; `tie_word_embeddings: False` (as in
+# FLAN-T5's config) now only means "do not scale the decoder output by d_model ** -0.5".
 # t5-small and t5-base match google/flan-t5-small and google/flan-t5-base; tiny is a CPU-sized
 # member of the same family for the sample and the tests.
 _T5_COMMON: dict[str, Any] = dict(
@@ -69,9 +71,9 @@ def build_scratch_model(preset: str, tokenizer: Any, seed: int) -> Any:
 
     torch.manual_seed(seed)   # the initial weights are part of the run: same seed, same model
     model = T5ForConditionalGeneration(t5_config(preset, len(tokenizer)))
-    # T5 initialises an untied lm_head with std 1 (it was pre-trained with Adafactor): the first
-    # logits then have std ~sqrt(d_model) and the loss starts near 80. Scaled like the embedding
-    # side of a tied head, the first loss is ~ln(vocab) and AdamW trains from step one.
+    # T5 v1.1 initialises the (shared) embedding with std 1 and does not scale the decoder output,
+    # so the first logits have std ~sqrt(d_model) and the loss starts near 80 (measured). With std
+    # d_model ** -0.5 the first loss is ~ln(vocab) and AdamW trains from step one.
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, model.config.d_model ** -0.5)
     return model

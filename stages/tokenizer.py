@@ -29,6 +29,8 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, EOS, UNK]          # ids 0, 1, 2 as in T5
 SPACE = "▁"                               # U+2581, SentencePiece's visible space
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+SCORE_DECIMALS = 6
+FILL_IN_WINDOW = 0.05                      # covers 500 required characters appended 0.0001 apart
 BYTE_SCORE = -1000.0                       # far below any learned piece: bytes only for unseen characters
 # A newline with the indentation after it | a word with the spaces before it | leftover spaces.
 PRE_TOKEN_PATTERN = r"\n[▁\t]*|▁*[^▁\n]+|▁+"
@@ -78,10 +80,20 @@ def learn_tokenizer(texts: Iterable[str], vocab_size: int, max_piece_length: int
                                       show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     # Append byte pieces and rebuild the model with byte fallback (the trainer cannot add them itself).
-    model_json = json.loads(tok.to_str())["model"]
-    vocab = [(piece, score) for piece, score in model_json["vocab"]]
-    have = {p for p, _ in vocab}
-    vocab += [(b, BYTE_SCORE) for b in BYTE_TOKENS if b not in have]
+    # Scores are rounded and pieces put in a canonical order: the trainer's float sums come out in
+    # a different order each run (last digits differ), and the saved tokenizer must be identical
+    # for identical input (DVC hashes it; CPU training is deterministic end to end).
+    # The trainer also appends characters it must keep (alphabet, rare characters) just below the
+    # lowest learned score, 0.0001 apart in hash-set order: those get one common score.
+    learned = [(p, round(s, SCORE_DECIMALS)) for p, s in json.loads(tok.to_str())["model"]["vocab"]
+               if p not in SPECIAL_TOKENS]
+    floor = min((s for _, s in learned), default=0.0)
+    fill_in = round(floor + FILL_IN_WINDOW, SCORE_DECIMALS)
+    special = [(piece, 0.0) for piece in SPECIAL_TOKENS]
+    rest = sorted({(p, fill_in if len(p) == 1 and s < fill_in else s) for p, s in learned},
+                  key=lambda ps: (-ps[1], ps[0]))
+    have = {p for p, _ in rest}
+    vocab = special + rest + [(b, BYTE_SCORE) for b in BYTE_TOKENS if b not in have]
     tok.model = models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index(UNK), byte_fallback=True)
     for i, special in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(special) != i:

@@ -80,6 +80,11 @@ def test_any_nfc_text_round_trips(hf_tokenizer, text: str) -> None:
     assert hf_tokenizer.decode(ids) == text
 
 
+def test_learning_is_deterministic() -> None:
+    # The trainer's float sums and its hash-set order vary run to run; the saved tokenizer must not.
+    assert len({learn_tokenizer(CORPUS, vocab_size=600).to_str() for _ in range(3)}) == 1
+
+
 def test_too_small_vocabulary_is_a_clear_error() -> None:
     with pytest.raises(StageError, match="vocab_size"):
         learn_tokenizer(CORPUS, vocab_size=300)

@@ -7,6 +7,7 @@ reads params, writes outputs and accounts for rows the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -232,17 +233,38 @@ class ParquetSink:
 def map_batches(fn: Callable[[Any], Any], batches: Iterable[Any], workers: int) -> Iterator[Any]:
     """Apply `fn` to each batch, in order, in `workers` processes (1: in this process).
 
-    Order is preserved, so outputs are byte-identical whatever the number of workers.
+    Order is preserved, so outputs are byte-identical whatever the number of workers. At most
+    2 x workers batches are in flight: Pool.imap would read the whole input ahead into its
+    queue, which holds the entire dataset in memory when the workers are the slower side.
     """
     if workers <= 1:
         for b in batches:
             yield fn(b)
         return
     import multiprocessing as mp
+    from collections import deque
 
     ctx = mp.get_context("fork")
     with ctx.Pool(workers) as pool:
-        yield from pool.imap(fn, batches, chunksize=1)
+        pending: deque = deque()
+        for b in batches:
+            pending.append(pool.apply_async(fn, (b,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def arrow_result(fn: Callable[[Any], tuple[int, BatchResult]], schema: pa.Schema, job: Any) -> tuple[int, BatchResult]:
+    """Run a batch transform and turn its kept rows into Arrow where it ran (a pool worker).
+
+    An Arrow table crosses the process boundary as a few buffers; a DataFrame of Python
+    strings is pickled string by string, and the parent would convert it for the sink anyway.
+    """
+    n_in, res = fn(job)
+    if isinstance(res.kept, pd.DataFrame):
+        res.kept = to_table(res.kept, schema)
+    return n_in, res
 
 
 # ----------------------------------------------------------------------------- audit ledger
@@ -383,12 +405,16 @@ def run_checks(stage: str, outputs: dict[str, Path], params: dict[str, Any]) -> 
 
 def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, params: dict[str, Any],
                   fn: Callable[[tuple[str, Any, str]], tuple[int, BatchResult]], option: Any,
-                  tables: Iterable[str] = ("questions", "answers")) -> None:
-    """Stream every table of `in_dir` through `fn` in batches (workers from params) into `out_dir`."""
+                  tables: Iterable[str] = ("questions", "answers"), workers: int | None = None) -> None:
+    """Stream every table of `in_dir` through `fn` in batches into `out_dir`.
+
+    `workers` processes (None: the `workers` param); a cheap `fn` runs faster in this process
+    than the batches travel to a worker and back.
+    """
     from stages.report_cli import row_progress
 
     batch_rows = int(params["ingest"].get("batch_rows", 20000))
-    workers = int(params.get("workers", 1))
+    workers = int(params.get("workers", 1)) if workers is None else workers
     out_dir.mkdir(parents=True, exist_ok=True)
     total = sum(parquet_rows(in_dir / f"{t}.parquet") for t in tables)
     with row_progress(stage, total) as advance:
@@ -396,7 +422,8 @@ def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, param
             sink = ParquetSink(out_dir / f"{t}.parquet", SCHEMAS[t])
             try:
                 jobs = ((t, b, option) for b in iter_parquet(in_dir / f"{t}.parquet", batch_rows))
-                for n_in, res in map_batches(fn, jobs, workers):
+                work = functools.partial(arrow_result, fn, SCHEMAS[t])
+                for n_in, res in map_batches(work, jobs, workers):
                     ledger.record(t, n_in, res)
                     sink.write(res.kept)
                     advance(n_in)

@@ -5,25 +5,35 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from stages.common import (BatchResult, DATA, Ledger, _tmp_sibling, rejects, run_per_table, stage_main,
-                           to_frame)
+from stages.common import BatchResult, DATA, Ledger, _tmp_sibling, rejects, run_per_table, stage_main
 
 
-def transform(df: pd.DataFrame, min_score: int) -> BatchResult:
-    low = df["score"] < min_score
-    rej = df[low]
-    return BatchResult(kept=df[~low].reset_index(drop=True),
-                       rejected=rejects("answers", rej["id"].tolist(), ["score_below_min"] * len(rej),
-                                        [f"score {s} < {min_score}" for s in rej["score"].tolist()]))
+def transform(df: pd.DataFrame | pa.Table | pa.RecordBatch, min_score: int) -> BatchResult:
+    """Pure: answers -> those with score >= min_score; kept rows come back as the kind that went in."""
+    if isinstance(df, (pa.Table, pa.RecordBatch)):
+        # Arrow in, Arrow out: the stage never needs the bodies as Python strings.
+        low = pc.less(df.column("score"), min_score)
+        rej = df.filter(low)
+        kept = df.filter(pc.invert(low))
+        ids, scores = rej.column("id").to_pylist(), rej.column("score").to_pylist()
+        kept = kept if isinstance(kept, pa.Table) else pa.Table.from_batches([kept])
+    else:
+        low = df["score"] < min_score
+        kept = df[~low].reset_index(drop=True)
+        ids, scores = df.loc[low, "id"].tolist(), df.loc[low, "score"].tolist()
+    return BatchResult(kept=kept,
+                       rejected=rejects("answers", ids, ["score_below_min"] * len(ids),
+                                        [f"score {s} < {min_score}" for s in scores]))
 
 
 def _transform_batch(args: tuple[str, Any, int]) -> tuple[int, BatchResult]:
     table, batch, min_score = args
-    df = to_frame(batch)
     if table == "questions":
-        return len(df), BatchResult(kept=df)
-    return len(df), transform(df, min_score)
+        return batch.num_rows, BatchResult(kept=pa.Table.from_batches([batch]))
+    return batch.num_rows, transform(batch, min_score)
 
 
 def main() -> None:
@@ -31,8 +41,9 @@ def main() -> None:
         final = DATA / "filtered"
         tmp = _tmp_sibling(final)
         ledger.extra["min_score"] = int(params["filter"]["min_score"])
+        # A comparison per row: cheaper in this process than shipping batches to workers.
         run_per_table("filter_upvotes", DATA / "utf8", tmp, ledger, params, _transform_batch,
-                      int(params["filter"]["min_score"]))
+                      int(params["filter"]["min_score"]), workers=1)
         return {final: tmp}
 
     stage_main("filter_upvotes", body)

@@ -1,0 +1,136 @@
+"""The fast paths give the reference's output: lxml == beautifulsoup4 text, ftfy by line == ftfy,
+and the stage outputs are byte-identical whatever the number of workers or the batch size."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ftfy
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import run
+from stages import strip_html
+from stages.validate_utf import FTFY_CONFIG, fix_text_by_line
+
+DATA_STAGES = ["ingest", "strip_html", "validate_utf", "filter_upvotes", "top_answers", "split", "shard"]
+
+
+def _real_bodies(shared: Path, every: int) -> list[str]:
+    """Every `every`-th question and answer body of the real Stack Overflow pages in ../shared."""
+    t = pq.read_table(shared / "data" / "pymaker" / "pymaker_so_python.parquet", columns=["question_body", "answers"])
+    bodies = t.column("question_body").to_pylist() + [a for ans in t.column("answers").to_pylist() for a in ans]
+    return bodies[::every]
+
+
+def _mismatches(bodies: list[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for b in bodies:
+        ref, fast = strip_html.html_to_text_bs4(b), strip_html.html_to_text_lxml(b)
+        if ref != fast:
+            out.append((b[:300], ref[:300], fast[:300]))
+    return out
+
+
+def test_lxml_gives_the_reference_text_on_real_bodies(shared: Path) -> None:
+    # All 149,523 bodies matched exactly when measured (SOQA_ENGINES_ALL=1 runs them all, ~3 min
+    # on 2 cores); the default run checks every 40th, about 3,700 bodies.
+    every = 1 if os.environ.get("SOQA_ENGINES_ALL") else 40
+    bodies = _real_bodies(shared, every)
+    bad = _mismatches(bodies)
+    share = 1 - len(bad) / len(bodies)
+    print(f"lxml == bs4 on {len(bodies)} real bodies: {100 * share:.3f}% exact")
+    assert not bad, f"{len(bad)} of {len(bodies)} differ, first: {bad[:3]}"
+
+
+def test_lxml_matches_on_injected_faults(tmp_path: Path, shared: Path) -> None:
+    """Broken HTML, mojibake, NUL and other controls, CSV-hostile text, a 2 MB body: same text."""
+    from stages.ingest import CSV_FILES, read_kaggle_csv
+
+    out = tmp_path / "dirty"
+    subprocess.run([sys.executable, str(shared / "bench" / "make_corpus.py"), "--out", str(out), "--questions", "400",
+                    "--faults", "0.3", "--seed", "7"], check=True, capture_output=True)
+    # The 2 MB bodies take bs4 seconds each; one of them is enough.
+    bodies = [b for table, name in CSV_FILES.items() for raw in read_kaggle_csv(out / name, table)
+              for b in raw["Body"] if b]
+    huge = [b for b in bodies if len(b) > 100_000]
+    bodies = [b for b in bodies if len(b) <= 100_000] + huge[:1]
+    assert len(bodies) > 1000 and huge
+    bad = _mismatches(bodies)
+    assert not bad, f"{len(bad)} of {len(bodies)} differ, first: {bad[:3]}"
+
+
+@pytest.mark.parametrize("html", [
+    "<p>a\x00b</p>",                                # NUL: U+FFFD for lxml, kept (then removed) for bs4
+    "<code>a\rb</code> <b>x</b>",                   # lone CR: a newline for lxml, a space for bs4
+    "<![CDATA[x]]><b>y</b>",                        # CDATA: dropped by lxml, text for bs4
+    "R&D and a&b <i>c</i>", "&copy2015 &amp x <b>y</b>", "&foo; &Amp; <b>y</b>",  # unterminated/unknown entities
+    "\ud800 <b>x</b>",                              # lone surrogate: lxml cannot encode it
+    "&#65 &#x41x &#0; <b>y</b>",
+    "<table><tr><td>a</td>b<td>c</td></tr></table>",
+    "<ul><li>a<li>b</ul>tail</p> <br/>x</br>y",
+    "<p><hr/>\nabc</p> def", "<p>a<div>b</div>c</p>d", "<b><p>x</p></b>y",   # mis-nested: libxml2 closes early
+    "<p>x</p><pre><code", "a <b",                   # a tag cut off at the end
+    "<pre>\r\n  x = 1\r\n\r\n  y\r\n</pre><p>a<p>b</p>c</p>",
+    "<html><head><title>t</title><style>s</style></head><body><!-- c --><p>x<?php p ?>y</p></body></html>",
+    "", "   ", "plain &lt;br&gt; text <em>e</em>",
+])
+def test_lxml_matches_on_edge_cases(html: str) -> None:
+    assert strip_html.html_to_text_lxml(html) == strip_html.html_to_text_bs4(html)
+
+
+def test_lxml_is_a_registered_engine() -> None:
+    assert strip_html.strip_html("<p>x <code>y</code></p>", "lxml") == strip_html.strip_html("<p>x <code>y</code></p>", "bs4")
+
+
+# ----------------------------------------------------------------------------- ftfy on changeable lines only
+_LINE_CHARS = st.sampled_from(list("ab 1\t{}<>&;é’—中😀\x00\x1b[31m\x85\u200b\ufffd") +
+                              ["â€™", "Ã©", "ï¬", "ｆ", "e\u0301", "\r", "\x0c", "\x7f"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_LINE_CHARS, max_size=12).map("".join), max_size=6).map("\n".join))
+def test_fix_text_by_line_is_fix_text(text: str) -> None:
+    assert fix_text_by_line(text) == ftfy.fix_text(text, FTFY_CONFIG)
+
+
+def test_fix_text_by_line_on_real_bodies(shared: Path) -> None:
+    bodies = [b for b in _real_bodies(shared, 10) if not b.isascii()]
+    assert len(bodies) > 500
+    assert [fix_text_by_line(b) for b in bodies] == [ftfy.fix_text(b, FTFY_CONFIG) for b in bodies]
+
+
+# ----------------------------------------------------------------------------- workers and batch size
+def _digest(project: Path) -> dict[str, str]:
+    out = {}
+    for top in ("data", "metrics/audit"):
+        for p in sorted((project / top).rglob("*")):
+            if p.is_file() and "sample" not in p.parts:
+                out[str(p.relative_to(project))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.slow
+def test_outputs_identical_whatever_workers_and_batch_size(project: Path, shared: Path) -> None:
+    corpus = project.parent / "corpus"
+    subprocess.run([sys.executable, str(shared / "bench" / "make_corpus.py"), "--out", str(corpus), "--questions", "600",
+                    "--faults", "0.03", "--seed", "3"], check=True, capture_output=True)
+    digests = []
+    for workers, batch_rows, engine in ((1, 100000, "bs4"), (2, 97, "lxml"), (2, 1000, "bs4")):
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["ingest"]["source"] = str(corpus)
+        params["ingest"]["batch_rows"] = batch_rows
+        params["workers"] = workers
+        params["strip_html"]["engine"] = engine
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for stage in DATA_STAGES:
+            run([sys.executable, "-m", f"stages.{stage}"], project)
+        digests.append(_digest(project))
+    assert len(digests[0]) >= 15
+    assert digests[0] == digests[1] == digests[2]

@@ -432,6 +432,29 @@ def generation_settings(model: Any, generate: dict[str, Any], tokenizer: Any) ->
 
 
 # ----------------------------------------------------------------------------- the run
+def training_arguments(cfg: TrainConfig, device: Any, output_dir: Path, total_steps: int, quiet: bool,
+                       save: bool = True, torch_compile: bool = False) -> Any:
+    """TrainingArguments of a run (also used by bench/train.py, so the benchmark measures this setup).
+
+    Each dataset item is a whole pre-formed batch (see ScheduleDataset), hence batch size 1 and a
+    sequential sampler: the schedule already fixed the order and the shuffling.
+    """
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=total_steps, per_device_train_batch_size=1, per_device_eval_batch_size=1,
+        train_sampling_strategy="sequential", remove_unused_columns=False, dataloader_num_workers=0,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps, max_grad_norm=1.0,
+        optim="adamw_torch_fused" if device.kind == "cuda" else "adamw_torch",
+        bf16=device.bf16, fp16=False, tf32=True if device.kind == "cuda" else None, use_cpu=device.kind == "cpu",
+        eval_strategy="no", save_strategy="steps" if save else "no", save_steps=cfg.checkpoint_steps,
+        save_total_limit=2, logging_strategy="steps", logging_steps=cfg.logging_steps, logging_first_step=True,
+        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=quiet, torch_compile=torch_compile,
+        dataloader_pin_memory=device.kind == "cuda")
+
+
 @dataclass
 class RunResult:
     metrics: dict[str, Any]
@@ -446,7 +469,7 @@ def train_run(params: dict[str, Any], shard_paths: Sequence[Path], val_path: Pat
     """Train (or resume) over the shards; returns the final model and its metrics. Writes only under
     `checkpoint_dir` and `live_dir`; the caller saves the model and deletes the checkpoints."""
     from dvclive import Live
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
 
     from stages.modeling import detect_device, load_model
 
@@ -478,18 +501,7 @@ def train_run(params: dict[str, Any], shard_paths: Sequence[Path], val_path: Pat
     eval_batches = chunk(val_features, cfg.eval_batch_size) or None
 
     total_steps = len(schedule) if max_steps is None else min(max_steps, len(schedule))
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        max_steps=total_steps, per_device_train_batch_size=1, per_device_eval_batch_size=1,
-        train_sampling_strategy="sequential", remove_unused_columns=False, dataloader_num_workers=0,
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_steps, max_grad_norm=1.0,
-        optim="adamw_torch_fused" if device.kind == "cuda" else "adamw_torch",
-        bf16=device.bf16, fp16=False, tf32=True if device.kind == "cuda" else None, use_cpu=device.kind == "cpu",
-        eval_strategy="no", save_strategy="steps", save_steps=cfg.checkpoint_steps, save_total_limit=2,
-        logging_strategy="steps", logging_steps=cfg.logging_steps, logging_first_step=True,
-        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=quiet,
-        dataloader_pin_memory=device.kind == "cuda")
+    args = training_arguments(cfg, device, checkpoint_dir, total_steps, quiet)
     resume_step = int(resume.name.split("-")[1]) if resume else 0
     if resume:
         trim_live_history(live_dir, resume_step)

@@ -87,8 +87,7 @@ def balanced_sides(n: int) -> dict[int, list[str]]:
 
 def shard_frames(rows: list[int], train_hash: list[int], shard_hash: list[int]) -> list:
     n = len(rows)
-    return [("shards", "keys", pd.DataFrame({"shard": [f"train-{i:05d}.parquet" for i in range(n)], "rows": rows,
-                                             "is_last": [i == n - 1 for i in range(n)]})),
+    return [("shards", "keys", quality.shard_frame([f"train-{i:05d}.parquet" for i in range(n)], rows)),
             ("positions", "keys", pd.DataFrame({"answer_id": ids(list(range(500, 500 + len(train_hash)))),
                                                 "train_row_hash": pd.Series(train_hash, dtype="UInt64"),
                                                 "shard_row_hash": pd.Series(shard_hash, dtype="UInt64")}))]
@@ -138,7 +137,9 @@ CASES = [
     ("split", split_frames(balanced_sides(100)), split_frames({q: ["test"] for q in range(100)}),
      "split_questions.is_test: expect_column_mean_to_be_between", 0, []),
     ("shard", shard_frames([3, 3, 1], [1, 2, 3], [1, 2, 3]), shard_frames([3, 2, 2], [1, 2, 3], [1, 2, 3]),
-     "shards.rows: expect_column_values_to_be_between", 1, ["train-00001.parquet"]),
+     "shards.rows_if_not_last: expect_column_values_to_be_between", 1, ["train-00001.parquet"]),
+    ("shard", shard_frames([3, 3, 1], [1, 2, 3], [1, 2, 3]), shard_frames([3, 3, 0], [1, 2, 3], [1, 2, 3]),
+     "shards.rows: expect_column_values_to_be_between", 1, ["train-00002.parquet"]),
     ("shard", shard_frames([3, 1], [1, 2, 3, 4], [1, 2, 3, 4]), shard_frames([3, 1], [1, 2, 3, 4], [1, 2, 9, 4]),
      "positions.train_row_hash|shard_row_hash: expect_column_pair_values_to_be_equal", 1, [502]),
 ]

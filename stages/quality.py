@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.common import DATA, METRICS, StageError, iter_parquet, to_frame, write_json

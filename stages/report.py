@@ -20,12 +20,12 @@ import html
 import json
 import math
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from stages.common import DATA, METRICS, atomic_path, iter_parquet, load_params
 from stages.report_cli import DATA_STAGES
@@ -45,27 +45,30 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def reject_examples(path: Path, per_reason: int = EXAMPLES_PER_REASON) -> dict[str, list[dict[str, Any]]]:
-    """The first few rejected rows of each reason, streamed (a reject file can be large)."""
+def reject_examples(path: Path, reasons: Iterable[str] = (), per_reason: int = EXAMPLES_PER_REASON
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The first few rejected rows of each reason, streamed (a reject file can be large); reading
+    stops once every reason in `reasons` (the audit's) has its examples."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if not path.exists():
         return {}
-    for batch in iter_parquet(path, 50000, columns=["table", "id", "source_id", "reason", "detail"]):
+    wanted = set(reasons)
+    for batch in iter_parquet(path, 20000, columns=["table", "id", "source_id", "reason", "detail"]):
         for row in batch.to_pylist():
             ex = out[row["reason"]]
             if len(ex) < per_reason:
                 ex.append(row)
+        if wanted and all(len(out.get(r, ())) >= per_reason for r in wanted):
+            break
     return dict(out)
 
 
 def histogram(values: Iterable[float], edges: list[float]) -> list[int]:
-    counts = [0] * (len(edges) - 1)
-    for v in values:
-        for i in range(len(edges) - 1):
-            if edges[i] <= v < edges[i + 1]:
-                counts[i] += 1
-                break
-    return counts
+    """Counts per bin [edges[i], edges[i+1]); values outside all bins are not counted."""
+    v = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+    idx = np.searchsorted(np.asarray(edges, dtype=float), v, side="right") - 1
+    idx = idx[(idx >= 0) & (idx < len(edges) - 1)]
+    return np.bincount(idx, minlength=len(edges) - 1).tolist()
 
 
 def column_histogram(paths: list[Path], column: str, edges: list[float], length: bool = False) -> list[int]:
@@ -76,8 +79,7 @@ def column_histogram(paths: list[Path], column: str, edges: list[float], length:
             continue
         for b in iter_parquet(p, 20000, columns=[column]):
             col = b.column(0)
-            vals = pc.utf8_length(col) if length else col
-            vals = [v for v in vals.to_pylist() if v is not None]
+            vals = (pc.utf8_length(col) if length else col).drop_null().to_numpy(zero_copy_only=False)
             total = [a + c for a, c in zip(total, histogram(vals, edges))]
     return total
 
@@ -85,7 +87,8 @@ def column_histogram(paths: list[Path], column: str, edges: list[float], length:
 def gather(params: dict[str, Any]) -> dict[str, Any]:
     audits = {s: a for s in DATA_STAGES if (a := _read_json(METRICS / "audit" / f"{s}.json"))}
     quality = {s: q for s in DATA_STAGES if (q := _read_json(METRICS / "quality" / f"{s}.json"))}
-    examples = {s: reject_examples(DATA / "rejects" / f"{s}.parquet") for s in audits}
+    examples = {s: reject_examples(DATA / "rejects" / f"{s}.parquet", a.get("rejected_by_reason", {}))
+                for s, a in audits.items()}
     pairs = [DATA / "top2" / "pairs.parquet"]
     dist = {
         "lengths": {
@@ -119,7 +122,7 @@ def funnel_svg(audits: dict[str, dict[str, Any]]) -> str:
         return "<p>No audits yet.</p>"
     top = max(a["rows_in"] for a in rows) or 1
     w, label_w, bar_h, gap = 860, 130, 26, 10
-    scale = (w - label_w - 190) / top
+    scale = (w - label_w - 250) / top      # room on the right for the "kept · lost" label
     parts = []
     for i, a in enumerate(rows):
         y = i * (bar_h + gap)
@@ -231,12 +234,15 @@ def render(data: dict[str, Any], docs: dict[str, str]) -> str:
                f"<div class='card {c}'>{_e(t)}<b>{_e(v)}</b></div>" for t, v, c in cards) + "</div></section>"]
 
     # Funnel
-    out.append("<section id='funnel'><h2>Funnel: where rows were lost</h2>" + funnel_svg(audits))
+    out.append("<section id='funnel'><h2>Funnel: where rows were lost</h2>" + funnel_svg(audits)
+               + "<p class='why'>Rows are posts (questions + answers) up to top_answers, which joins each kept "
+                 "answer with its question: from split on, a row is one question–answer pair.</p>")
     out.append("<table><tr><th>stage</th><th class='n'>rows in</th><th class='n'>rows out</th>"
                "<th class='n'>rejected</th><th class='n'>kept %</th><th>rejected by reason</th><th>repaired</th>"
                "<th>quality</th></tr>")
     for s, a in audits.items():
-        share = f"{100 * a['rows_out'] / a['rows_in']:.1f}" if a["rows_in"] else "-"
+        # Rounded down, so a stage that lost 30 of 150k rows does not read "100.0".
+        share = f"{math.floor(1000 * a['rows_out'] / a['rows_in']) / 10:.1f}" if a["rows_in"] else "-"
         reasons = "<br>".join(f"{_e(k)}: {v:,}" for k, v in a.get("rejected_by_reason", {}).items()) or "–"
         repaired = "<br>".join(f"{_e(k)}: {v:,}" for k, v in a.get("repaired_by_kind", {}).items()) or "–"
         cls = " class='worst'" if s == worst else ""

@@ -165,6 +165,7 @@ def test_bad_file_gives_one_clear_line(case: str, proj: Path, tmp_path: Path, li
     line = lines[0]
     assert line.startswith("error ingest: ") and str(bad_file) in line, f"{case}: file not named: {line}"
     assert re.search(problem, line), f"{case}: problem not said ({problem}): {line}"
+    print(f"\n{case}: exit {proc.returncode}: {line}")
     assert "TOP-SECRET-CONTENT" not in proc.stderr
     assert _leftovers(proj) == [], f"{case}: outputs written"
     assert listener.connections() == 0, f"{case}: something connected to {listener.url}"

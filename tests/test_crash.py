@@ -6,9 +6,14 @@ SIGKILL: DVC, the stage and its worker processes. Stages that finished before st
 recorded them); the killed one must leave nothing that a later run would take for its output.
 A last, uninterrupted `dvc repro` must then record the same hashes in dvc.lock as a clean run on
 the same corpus, and leave no temporary files behind.
+
+The train stage gets the same treatment under `dvc repro --single-item train` (on test_train's small
+project): killed after a few checkpoints, the rerun resumes from the last one and publishes the
+same safetensors weights as an uninterrupted run.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +84,46 @@ def test_kill_each_data_stage_then_repro_matches_clean_run(reliability_base: Pat
     assert leftovers == [], f"temporary files left after the resumed run: {leftovers}"
     status = run(["dvc", "status", DATA_STAGES[-1]], proj)
     assert "up to date" in status.stdout.lower(), status.stdout
+
+
+@pytest.mark.slow
+def test_kill_train_under_dvc_repro_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    """kill -9 `dvc repro` in the middle of training; the next one resumes from the last checkpoint and
+    publishes the same weights (safetensors, byte for byte) as an uninterrupted run."""
+    from stages.train import complete_checkpoints
+    from test_train import _stage_project   # synthetic shards, tiny model, checkpoints every 2 steps
+
+    proj = _stage_project(tmp_path / "killed")
+    ckpt = proj / "models" / ".checkpoints" / "qa-t5"
+    proc = subprocess.Popen(["dvc", "repro", "--single-item", "train"], cwd=proj, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(int(p.name.split("-")[1]) >= 6 for p in complete_checkpoints(ckpt)):
+            assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (proj / "models" / "qa-t5").exists() and "train" not in _locked_stages(proj)
+    last = int(complete_checkpoints(ckpt)[-1].name.split("-")[1])
+
+    resumed = run(["dvc", "repro", "--single-item", "train"], proj, timeout=900)
+    assert "train: resuming from" in resumed.stdout
+    metrics = json.loads((proj / "metrics" / "train.json").read_text())
+    assert last <= metrics["resumed_from_step"] < metrics["steps"]
+    assert "train" in _locked_stages(proj) and not ckpt.exists()
+
+    fresh = _stage_project(tmp_path / "fresh")
+    run(["dvc", "repro", "--single-item", "train"], fresh, timeout=900)
+    model_files = sorted(p.name for p in (proj / "models" / "qa-t5").iterdir())
+    assert "model.safetensors" in model_files
+    assert not [n for n in model_files if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))], model_files
+    same = (proj / "models" / "qa-t5" / "model.safetensors").read_bytes() == \
+        (fresh / "models" / "qa-t5" / "model.safetensors").read_bytes()
+    assert same, "resumed weights differ from an uninterrupted run's"
+    uninterrupted = json.loads((fresh / "metrics" / "train.json").read_text())
+    assert (metrics["train_loss"], metrics["val_loss"]) == (uninterrupted["train_loss"], uninterrupted["val_loss"])

@@ -313,8 +313,16 @@ def normalize_title(title: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the pure transform
+def _strip_or_none(text: str, engine: str) -> str | None:
+    try:
+        return strip_html(text, engine)
+    except RecursionError:   # tags nested deeper than the tree walk can go: a hostile row, not a crash
+        return None
+
+
 def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
-    bodies = [strip_html(t, engine) for t in df["body"].tolist()]
+    stripped = [_strip_or_none(t, engine) for t in df["body"].tolist()]
+    bodies = ["" if b is None else b for b in stripped]
     out = df.copy()
     out["body"] = bodies
     empty = pd.Series([not b for b in bodies], index=df.index)
@@ -322,9 +330,10 @@ def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
         out["title"] = [normalize_title(t) for t in df["title"].tolist()]
         empty |= out["title"].eq("")
     rej = out[empty]
+    reasons = ["html_too_deep" if b is None else "empty_after_strip" for b, e in zip(stripped, empty.tolist()) if e]
     n_control = sum(1 for t in df["body"].tolist() if CONTROL_IN_HTML.search(t))
     return BatchResult(kept=out[~empty].reset_index(drop=True),
-                       rejected=rejects(table, rej["id"].tolist(), ["empty_after_strip"] * len(rej),
+                       rejected=rejects(table, rej["id"].tolist(), reasons,
                                         [t[:120] for t in df.loc[empty, "body"].tolist()]),
                        repaired=Counter({"control_chars": n_control} if n_control else {}))
 

@@ -213,7 +213,7 @@ def _csv(rows: list[list[str]]) -> bytes:
 
 @pytest.mark.slow
 def test_hostile_first_rows_are_rows_not_a_bad_file(project: Path, tmp_path: Path) -> None:
-    """NUL bytes, lone CRs, a 2 MB body and a text score at the very top of the files are still rows."""
+    """NUL bytes, lone CRs, a 2 MB body, a text score and absurdly deep tags at the top of the files are rows."""
     src = tmp_path / "src"
     src.mkdir()
     huge = "<p>" + "x = [i for i in range(10)] " * 80_000 + "</p>"
@@ -223,6 +223,7 @@ def test_hostile_first_rows_are_rows_not_a_bad_file(project: Path, tmp_path: Pat
         ["2", "5", "2008-08-02T15:11:16Z", "twelve", "Text score", "<p>body</p>"],
         ["3", "", "2008-08-02T15:11:16Z", "1", "Lone CR", "<p>one\rtwo\r\nthree</p><pre><code>a\r  b\n</code></pre>"],
         ["4", "7", "2008-08-02T15:11:16Z", "0", "Huge", huge],
+        ["5", "7", "2008-08-02T15:11:16Z", "0", "Nested too deep", "<b>" * 5000 + "deep"],
     ]))
     (src / "Answers.csv").write_bytes(_csv([
         ["Id", "OwnerUserId", "CreationDate", "ParentId", "Score", "Body"],
@@ -239,6 +240,8 @@ def test_hostile_first_rows_are_rows_not_a_bad_file(project: Path, tmp_path: Pat
     assert a.loc[10, "body"] == "nul answer" and a.loc[11, "body"] == "café"
     rej = _rejects(project, "ingest")
     assert rej[["id", "reason"]].values.tolist() == [[2, "non_numeric_score"]]
+    # 5,000 unclosed tags nest deeper than a tree walk can recurse: that row goes, the stage goes on.
+    assert _rejects(project, "strip_html")[["id", "reason"]].values.tolist() == [[5, "html_too_deep"]]
 
 
 def test_duplicate_of_a_rejected_row_is_still_a_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -233,7 +233,8 @@ def test_validate_stage_writes_quality_metrics_when_all_pass(tmp_path, monkeypat
     m = json.loads(Path("metrics/quality/ingest.json").read_text(encoding="utf-8"))
     assert m["success"] and m["evaluated"] == m["successful"] > 10 and m["unsuccessful"] == 0
     assert m["rows_checked"] == {"questions": 3, "answers": 1}
-    assert m["checks"]["questions.id: expect_column_values_to_be_unique"] == {"success": True, "unexpected": 0}
+    assert m["failed_rows"]["questions.id: expect_column_values_to_be_unique"] == 0
+    assert "questions.id: expect_column_values_to_be_of_type" not in m["failed_rows"]   # a type has no rows
 
 
 # ----------------------------------------------------------------------------- dvc repro stops at the gate

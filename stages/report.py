@@ -199,7 +199,8 @@ svg.chart{max-width:100%;height:auto}.chart .lbl,.chart .num,.chart .tick{font-s
 .legend{font-size:12px}.key{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;border-radius:2px}
 figure{margin:10px 0}figcaption{font-weight:600;margin-bottom:4px}.why{color:#555}
 details summary{cursor:pointer;color:#3b6fd8}table.exp td:nth-child(2){width:34%;overflow-wrap:anywhere}
-table.exp td:nth-child(3){width:40%}.detail{color:#555;max-width:520px;overflow-wrap:anywhere}
+table.exp td:nth-child(3){width:40%}
+table.rej{table-layout:fixed}table.rej th:nth-child(1){width:14%}table.rej th:nth-child(2){width:14%}.detail{color:#555;max-width:520px;overflow-wrap:anywhere}
 """
 
 
@@ -259,7 +260,7 @@ def render(data: dict[str, Any], docs: dict[str, str]) -> str:
         for reason, rows in ex.items():
             any_rej = True
             out.append(f"<h3>{_e(s)} · {_e(reason)} <small>({counts.get(reason, len(rows)):,} rows, "
-                       f"all in <code>data/rejects/{_e(s)}.parquet</code>)</small></h3><table>"
+                       f"all in <code>data/rejects/{_e(s)}.parquet</code>)</small></h3><table class='rej'>"
                        "<tr><th>table</th><th>id</th><th>detail</th></tr>")
             for r in rows:
                 rid = r["id"] if r["id"] is not None else f"unreadable: {r['source_id']}"

@@ -448,7 +448,7 @@ def training_arguments(cfg: TrainConfig, device: Any, output_dir: Path, total_st
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps, max_grad_norm=1.0,
         optim="adamw_torch_fused" if device.kind == "cuda" else "adamw_torch",
-        bf16=device.bf16, fp16=False, tf32=True if device.kind == "cuda" else None, use_cpu=device.kind == "cpu",
+        bf16=device.bf16, fp16=False, tf32=True if device.bf16 else None, use_cpu=device.kind == "cpu",
         eval_strategy="no", save_strategy="steps" if save else "no", save_steps=cfg.checkpoint_steps,
         save_total_limit=2, logging_strategy="steps", logging_steps=cfg.logging_steps, logging_first_step=True,
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=quiet, torch_compile=torch_compile,

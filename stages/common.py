@@ -194,13 +194,20 @@ class ParquetSink:
 
     ROW_GROUP = 32 * 1024
 
-    def __init__(self, path: Path, schema: pa.Schema):
+    def __init__(self, path: Path, schema: pa.Schema, background: bool = False):
         self.path = path
         self.schema = schema
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._held = 0
         self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+        # background: row groups are encoded and compressed by a thread (Arrow releases the GIL
+        # there), overlapping the caller's Python work. Only for processes that never fork while
+        # the sink is open: a forked child could inherit a lock that thread holds.
+        self._background = background
+        self._queue: Any = None
+        self._thread: Any = None
+        self._error: BaseException | None = None
 
     def write(self, table: pa.Table | pd.DataFrame) -> None:
         if isinstance(table, pd.DataFrame):
@@ -220,14 +227,42 @@ class ParquetSink:
         full = (held.num_rows // self.ROW_GROUP) * self.ROW_GROUP
         cut = held.num_rows if final else full
         if cut:
-            self._writer.write_table(held.slice(0, cut), row_group_size=self.ROW_GROUP)
+            self._write_groups(held.slice(0, cut))
         rest = held.slice(cut)
         self._pending = [rest] if rest.num_rows else []
         self._held = rest.num_rows
 
+    def _write_groups(self, table: pa.Table) -> None:
+        if not self._background:
+            self._writer.write_table(table, row_group_size=self.ROW_GROUP)
+            return
+        if self._thread is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue(maxsize=2)    # at most two row-group tables waiting: bounded memory
+            self._thread = threading.Thread(target=self._write_loop, name=f"sink-{self.path.name}", daemon=True)
+            self._thread.start()
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+
+    def _write_loop(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table, row_group_size=self.ROW_GROUP)
+                except BaseException as exc:   # re-raised in the caller's thread
+                    self._error = exc
+
     def close(self) -> None:
         self._drain(final=True)
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
         self._writer.close()
+        if self._error is not None:
+            raise self._error
 
 
 def map_batches(fn: Callable[[Any], Any], batches: Iterable[Any], workers: int) -> Iterator[Any]:

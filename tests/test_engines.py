@@ -134,3 +134,24 @@ def test_outputs_identical_whatever_workers_and_batch_size(project: Path, shared
         digests.append(_digest(project))
     assert len(digests[0]) >= 15
     assert digests[0] == digests[1] == digests[2]
+
+
+def test_background_sink_writes_the_same_bytes(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from stages.common import PAIR_SCHEMA, ParquetSink
+
+    rows = 3 * ParquetSink.ROW_GROUP + 123
+    table = pa.table({
+        "question_id": pa.array(range(rows), pa.int64()), "answer_id": pa.array(range(rows), pa.int64()),
+        "answer_rank": pa.array([1] * rows, pa.int32()), "title": [f"t{i}" for i in range(rows)],
+        "question": [f"q {i} é" for i in range(rows)], "answer": [f"a {i}" * (i % 7) for i in range(rows)],
+        "question_score": pa.array([i % 5 for i in range(rows)], pa.int64()),
+        "answer_score": pa.array([i % 3 for i in range(rows)], pa.int64())}, schema=PAIR_SCHEMA)
+    for background in (False, True):
+        sink = ParquetSink(tmp_path / f"{background}.parquet", PAIR_SCHEMA, background=background)
+        for start in range(0, rows, 5000):
+            sink.write(table.slice(start, 5000))
+        sink.close()
+        assert sink.rows == rows
+    assert (tmp_path / "False.parquet").read_bytes() == (tmp_path / "True.parquet").read_bytes()

@@ -13,6 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--metrics", type=Path, default=Path("metrics/audit"))
     r = sub.add_parser("report", help="print the funnel and the quality gates' results (the HTML report's summary)")
     r.add_argument("--metrics", type=Path, default=Path("metrics"))
+    from stages import ask
+
+    a = sub.add_parser("ask", help="answer questions with the trained model (models/qa-t5), code highlighted",
+                       description=ask.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ask.add_arguments(a)
     args = ap.parse_args(argv)
     if args.command == "funnel":
         from stages.report_cli import print_funnel
@@ -22,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         from stages.report import print_report
 
         return print_report(args.metrics)
+    if args.command == "ask":
+        return ask.run(args)
     return 2
 
 

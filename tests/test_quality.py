@@ -3,17 +3,20 @@ clear message; a stage whose suite fails writes nothing; a corrupted input stops
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import run
 from stages import quality
 from stages.common import ANSWER_SCHEMA, PAIR_SCHEMA, QUESTION_SCHEMA, StageError, load_params, to_frame
 from stages.quality import prose_frame, run_suite, text_frame
+from stages.strip_html import strip_html
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,6 +196,27 @@ def test_mostly_is_judged_over_all_batches(params):
     report = run_suite("validate_utf", params, batches)
     check = failed(report)["answers.text: expect_column_values_to_not_match_regex"]
     assert check["element_count"] == 1000 and check["unexpected_count"] == 2
+
+
+HTML_FRAGMENTS = ["<p>", "</p>", "<div>", "</div>", "<pre><code>", "</code></pre>", "<code>", "</code>", "&amp;",
+                  "&lt;", "&gt;", "&lt;div&gt;", "List&lt;int&gt;", "&amp;amp;", "\n", " ", "word", "<br>", "<li>",
+                  "<ul>", "</ul>", "&#39;", "&nbsp;", "<b>", "</b>", "a < b", "x > y", "&", "<a href='x'>", "</a>"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(HTML_FRAGMENTS), max_size=25))
+def test_strip_html_output_passes_the_prose_checks(parts):
+    """The gate and the stage agree: whatever HTML (without literal backticks) strip_html is given,
+    its output leaves no tag or entity in prose, so the tag/entity checks never fire on a sound stage."""
+    text = strip_html("".join(parts))
+    p = quality.prose(text)
+    assert not re.search(quality.HTML_TAG, p) and not re.search(quality.HTML_ENTITY, p), (text, p)
+
+
+def test_prose_drops_code_blocks_and_spans_but_not_across_paragraphs():
+    text = "Use `<div>` here.\n\n```\n<p>&amp;</p>\n```\n\nA lone ` tick.\n\nThen <b>left</b> and `x`."
+    p = quality.prose(text)
+    assert "<div>" not in p and "&amp;" not in p and "<b>left</b>" in p and "`x`" not in p
 
 
 # ----------------------------------------------------------------------------- the gate on files

@@ -13,11 +13,13 @@ flags override them for one call.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see stages/evaluate.py; before torch is imported
 MODEL_DIR = Path("models") / "qa-t5"
 NO_MODEL_HINT = "run `dvc repro` (or `make repro`) to train one first, or pass --model FOLDER"
 _LANGUAGE_TAG = re.compile(r"[A-Za-z0-9_+#.-]{1,20}")

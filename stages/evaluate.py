@@ -22,6 +22,7 @@ their references and per-example scores), metrics/human_eval.md.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ import pyarrow.parquet as pq
 from stages.common import (DATA, METRICS, StageError, _tmp_sibling, clean_stale_tmp, commit_path,
                            exit_on_stage_error, load_params, write_json)
 from stages.prompt import format_source
+
+# OpenMP threads that spin while waiting stall every op when the CPU is shared (as stages/train.py
+# notes); passive waiting is set before torch is first imported (lazily, below).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 MODEL_DIR = Path("models") / "qa-t5"
 TEST_SPLIT = DATA / "split" / "test.parquet"

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=["tiny", "t5-small", "t5-base"], help="random weights of this shape instead")
     ap.add_argument("--vocab-size", type=int, default=32128, help="vocabulary of a --preset model (FLAN-T5: 32128)")
     ap.add_argument("--questions", type=int, help="inputs (default: 2000 on CUDA, 32 on CPU)")
-    ap.add_argument("--batch-size", type=int, help="inputs per generate call (default: 256 on CUDA, 32 on CPU)")
+    ap.add_argument("--batch-size", type=int,
+                    help="inputs per generate call (default: evaluate.batch_size auto: 256 on CUDA, 32 on CPU)")
     ap.add_argument("--max-source", type=int, default=512, help="input tokens at most")
     ap.add_argument("--max-new-tokens", type=int, help="default: params.yaml generate.max_new_tokens (256)")
     ap.add_argument("--num-beams", type=int, help="default: params.yaml generate.num_beams")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = ev.model_device()
     cuda = device.type == "cuda"
     n = args.questions or (TARGET_QUESTIONS if cuda else 32)
-    batch = args.batch_size or (256 if cuda else 32)
+    batch = args.batch_size or ev.batch_size("auto")
     settings = {k: v for k, v in _params_generate().items() if k in ev.GENERATE_KEYS}
     for key in ev.GENERATE_KEYS:
         if getattr(args, key) is not None:
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import T5ForConditionalGeneration
 
         torch.manual_seed(0)
-        model = T5ForConditionalGeneration(t5_config(args.preset, args.vocab_size)).to(device=device, dtype=dtype).eval()
+        model = T5ForConditionalGeneration(t5_config(args.preset, args.vocab_size))
+        model = model.to(device=device, dtype=dtype).eval()
         inputs = _random_inputs(n, args.vocab_size, args.max_source, seed=0)
         pad_id, eos_id, what = 0, 1, f"{args.preset} (random weights, vocab {args.vocab_size})"
     else:

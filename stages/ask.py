@@ -77,15 +77,16 @@ def generation_settings(model: Any, overrides: dict[str, Any]) -> dict[str, Any]
 
 
 def answer_questions(model: Any, tokenizer: Any, questions: Sequence[str], settings: dict[str, Any],
-                     batch_size: int = 32) -> list[str]:
+                     batch_size: int | None = None) -> list[str]:
     """The model's answers, in question order, generated in length-sorted batches."""
+    from stages.evaluate import batch_size as auto_batch_size
     from stages.evaluate import generate_ids, generation_config
     from stages.prompt import format_source
 
     max_source = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
     ids = tokenizer([format_source(q, None, include_body=False) for q in questions], truncation=True,
                     max_length=max_source)["input_ids"]
-    gen = generate_ids(model, ids, generation_config(model, settings), batch_size,
+    gen = generate_ids(model, ids, generation_config(model, settings), batch_size or auto_batch_size("auto"),
                        tokenizer.pad_token_id, tokenizer.eos_token_id)
     return tokenizer.batch_decode(gen.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 

@@ -129,7 +129,8 @@ def test_cli_routes_ask(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     ("```\nx = [1, 2]\n```", "```python\nx = [1, 2]\n```"),
     ("```python\nprint(1)\n```", "```python\nprint(1)\n```"),
     ("Try ``` c = a + b ``` here", "Try\n\n```python\nc = a + b\n```\n\nhere"),     # fences mid-line
-    ("open it:\n```\nwith open('f') as f:\n    f.read()", "open it:\n\n```python\nwith open('f') as f:\n    f.read()\n```"),
+    ("open it:\n```\nwith open('f') as f:\n    f.read()",
+     "open it:\n\n```python\nwith open('f') as f:\n    f.read()\n```"),
     ("```\n>>> [1] + [2]\n[1, 2]\n```", "```pycon\n>>> [1] + [2]\n[1, 2]\n```"),
     ("```\n$ python -m venv env\n```", "```console\n$ python -m venv env\n```"),
     ("no code at all", "no code at all"),

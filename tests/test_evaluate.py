@@ -163,7 +163,8 @@ def test_teacher_forced_loss_masks_padding(loaded) -> None:
 
     model, tok = loaded
     src = tok([format_source(q, None, include_body=False) for q in PAIRS])["input_ids"]
-    tgt = tok(text_target=["short", "a much longer answer, with many more tokens than the first one", "mid size"])["input_ids"]
+    answers = ["short", "a much longer answer, with many more tokens than the first one", "mid size"]
+    tgt = tok(text_target=answers)["input_ids"]
     together = ev.teacher_forced_loss(model, src, tgt, batch_size=3, pad_id=tok.pad_token_id)
     alone = np.vstack([ev.teacher_forced_loss(model, [s], [t], 1, tok.pad_token_id) for s, t in zip(src, tgt)])
     np.testing.assert_allclose(together, alone, rtol=1e-4)
@@ -191,6 +192,9 @@ def test_generation_config_from_params(loaded) -> None:
     assert cfg.max_length is None and cfg.do_sample is False
     with pytest.raises(StageError, match="unknown keys"):
         ev.generation_config(model, {"max_length": 20})
+    import torch
+
+    assert ev.batch_size("auto") == (256 if torch.cuda.is_available() else 32) and ev.batch_size(7) == 7
 
 
 def test_initial_scratch_model_is_the_train_stage_step_0(tmp_path: Path, shared: Path) -> None:

@@ -223,7 +223,9 @@ class ParquetSink:
     def _drain(self, final: bool) -> None:
         if not self._pending:
             return
-        held = pa.concat_tables(self._pending)
+        # One chunk per column: the writer cuts pages at chunk edges, so chunks left as the batches
+        # came would make the bytes depend on the batch size.
+        held = pa.concat_tables(self._pending).combine_chunks()
         full = (held.num_rows // self.ROW_GROUP) * self.ROW_GROUP
         cut = held.num_rows if final else full
         if cut:

@@ -10,7 +10,7 @@ default length, and its answers often looped. Here, on the fixed `data/split/tes
   generated length;
 - test loss, teacher-forced, label padding masked (a mean over answer tokens);
 - repetition rate (share of answers in which some word 4-gram occurs 3+ times, the seed's
-  looping failure) and distinct-2;
+  looping failure), distinct-2, and the share of answers without a word (whitespace loops);
 - the same for the initial model (freshly initialised with the train seed for
   `model.init: scratch`, else the pretrained checkpoint), under "initial";
 - the six human-evaluation questions answered into metrics/human_eval.md, so a commit's diff
@@ -93,6 +93,12 @@ def is_repetitive(text: str, n: int = LOOP_NGRAM, min_count: int = LOOP_COUNT) -
 def repetition_rate(texts: Sequence[str], n: int = LOOP_NGRAM, min_count: int = LOOP_COUNT) -> float:
     """Share of texts in which some word n-gram occurs `min_count`+ times."""
     return float(np.mean([is_repetitive(t, n, min_count) for t in texts])) if len(texts) else 0.0
+
+
+def empty_rate(texts: Sequence[str]) -> float:
+    """Share of texts without a single word: a model looping on newlines or spaces writes these,
+    and word n-grams cannot see that loop."""
+    return float(np.mean([not t.split() for t in texts])) if len(texts) else 0.0
 
 
 def distinct_n(texts: Iterable[str], n: int = 2) -> float:
@@ -336,6 +342,7 @@ def score_model(model: Any, tokenizer: Any, sources: list[str], references: list
         "test_loss": round(float(loss[:, 0].sum() / max(loss[:, 1].sum(), 1)), 6),
         "repetition_rate": round(float(frame["repetitive"].mean()), 6),
         "distinct_2": round(distinct_n(predictions, 2), 6),
+        "empty_rate": round(empty_rate(predictions), 6),
         # Answers cut at max_new_tokens (no EOS): many means the limit, not the model, ended them.
         "hit_max_new_tokens": round(float(np.mean(gen_lengths >= max_new)), 6),
     }
@@ -493,7 +500,7 @@ def print_summary(result: dict[str, Any], initial_desc: str, console: Any) -> No
     t.add_column("initial", justify="right")
     t.add_column("reference", justify="right")
     initial = result.get("initial") or {}
-    for key in (*ROUGE_TYPES, "test_loss", "gen_len", "repetition_rate", "distinct_2"):
+    for key in (*ROUGE_TYPES, "test_loss", "gen_len", "repetition_rate", "distinct_2", "empty_rate"):
         ref_key = "len" if key == "gen_len" else key
         ref = result["reference"].get(ref_key)
         t.add_row(key, f"{result[key]:.4g}", "-" if key not in initial else f"{initial[key]:.4g}",

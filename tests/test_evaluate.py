@@ -128,6 +128,13 @@ def test_any_phrase_said_three_times_is_a_loop(words: list[str]) -> None:
     assert ev.is_repetitive(" ".join([phrase] * 3))
 
 
+def test_empty_rate_sees_whitespace_loops() -> None:
+    texts = ["\n" * 200, "   \n\n    \n", "pip install numpy", "x"]
+    assert ev.empty_rate(texts) == 0.5
+    assert ev.repetition_rate(texts) == 0.0      # no words, no word 4-grams: why empty_rate exists
+    assert ev.empty_rate([]) == 0.0
+
+
 def test_distinct_2() -> None:
     assert ev.distinct_n(["a b a b"]) == pytest.approx(2 / 3)      # (a b) (b a) (a b)
     assert ev.distinct_n(["a b c", "a b d"]) == pytest.approx(3 / 4)   # bigrams pooled over all texts
@@ -278,7 +285,7 @@ def test_stage_scores_a_trained_model_against_its_initial_one(tmp_path: Path, ti
         assert metrics["initial"][t] < 0.5
     assert metrics["test_loss"] < 0.1 < metrics["initial"]["test_loss"]
     assert metrics["examples"] == metrics["test_pairs"] == 3 and metrics["max_examples"] is None
-    assert metrics["repetition_rate"] == 0.0 and 0 < metrics["distinct_2"] <= 1
+    assert metrics["repetition_rate"] == 0.0 and 0 < metrics["distinct_2"] <= 1 and metrics["empty_rate"] == 0.0
     assert 0 < metrics["gen_len"] < 40 and metrics["hit_max_new_tokens"] == 0.0
     assert set(metrics["reference"]) == {"len", "repetition_rate", "distinct_2"}
 

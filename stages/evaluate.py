@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -365,6 +366,16 @@ def close_fences(text: str) -> str:
     return text + "\n```" if text.count("```") % 2 else text
 
 
+def markdown_answer(text: str) -> str:
+    """An answer for human_eval.md: blank-line runs and trailing spaces outside code collapsed,
+    fences closed. Markdown renders prose the same either way, and the diff stays short; code
+    and the raw text (data/eval/predictions.parquet) are untouched."""
+    parts = text.strip().split("```")
+    for i in range(0, len(parts), 2):
+        parts[i] = re.sub(r"\n\s*\n\s*\n+", "\n\n", re.sub(r"[ \t]+\n", "\n", parts[i]))
+    return close_fences("```".join(parts).strip()) or "*(empty answer)*"
+
+
 def human_eval_markdown(questions: Sequence[str], answers: Sequence[str], initial_answers: Sequence[str] | None,
                         settings: dict[str, Any], initial_desc: str) -> str:
     """metrics/human_eval.md: each question with the trained model's answer (and the initial one folded).
@@ -376,10 +387,10 @@ def human_eval_markdown(questions: Sequence[str], answers: Sequence[str], initia
            f"Written by the `evaluate` stage from `{QUESTIONS_FILE.as_posix()}` ({gen}).",
            "Read the answers; `git diff <commit> -- metrics/human_eval.md` shows how they changed.", ""]
     for i, q in enumerate(questions):
-        out += [f"## {i + 1}. {q}", "", close_fences(answers[i].strip()) or "*(empty answer)*", ""]
+        out += [f"## {i + 1}. {q}", "", markdown_answer(answers[i]), ""]
         if initial_answers is not None:
             out += [f"<details><summary>initial model: {initial_desc}</summary>", "",
-                    close_fences(initial_answers[i].strip()) or "*(empty answer)*", "", "</details>", ""]
+                    markdown_answer(initial_answers[i]), "", "</details>", ""]
     return "\n".join(out)
 
 

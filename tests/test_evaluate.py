@@ -229,6 +229,9 @@ def test_initial_scratch_model_is_the_train_stage_step_0(tmp_path: Path, shared:
 def test_close_fences_and_questions_file(tmp_path: Path) -> None:
     assert ev.close_fences("a\n```\nx = 1") == "a\n```\nx = 1\n```"
     assert ev.close_fences("```\nx\n```") == "```\nx\n```"
+    # human_eval.md: prose blank-line runs collapse, code keeps its blank lines, open fences close.
+    assert ev.markdown_answer("a  \n\n\n\n\nb\n```\nx\n\n\n\ny") == "a\n\nb\n```\nx\n\n\n\ny\n```"
+    assert ev.markdown_answer(" \n\n \n") == "*(empty answer)*"
     qs = ev.read_questions(REPO / "data" / "human_eval" / "questions.txt")
     assert qs == ["What is the difference between list and tuple?", "How to create a new text file in Python?",
                   "How to install Numpy?", "How to add 2 lists together?",

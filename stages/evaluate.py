@@ -207,7 +207,10 @@ def teacher_forced_loss(model: Any, input_ids: Sequence[Sequence[int]], label_id
         for idx in length_batches(lengths, batch_size):
             ids = _pad([input_ids[i] for i in idx], pad_id).to(device)
             labels = _pad([label_ids[i] for i in idx], -100).to(device)
-            logits = model(input_ids=ids, attention_mask=ids.ne(pad_id), labels=labels).logits
+            # Decoder inputs are the labels shifted right (as with labels=...), without the model's own
+            # loss: it would be computed in the model's dtype (bf16 on CUDA) and summed over the batch.
+            decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+            logits = model(input_ids=ids, attention_mask=ids.ne(pad_id), decoder_input_ids=decoder_ids).logits
             token_loss = torch.nn.functional.cross_entropy(
                 logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
             result[idx, 0] = token_loss.sum(dim=1).double().cpu().numpy()

@@ -28,7 +28,7 @@ from stages.common import (BatchResult, DATA, Ledger, StageError, _tmp_sibling, 
 HTML_TAGS = ("a|abbr|b|blockquote|body|br|caption|center|cite|code|dd|del|div|dl|dt|em|font|h[1-6]|head|hr|html|"
              "i|img|ins|kbd|li|ol|p|pre|q|s|samp|small|span|strike|strong|sub|sup|table|tbody|td|tfoot|th|"
              "thead|tr|tt|u|ul|var")
-MARKUP = re.compile(rf"</?(?:{HTML_TAGS})(?:\s[^<>]*)?/?>|<!--|&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);",
+MARKUP = re.compile(rf"</?(?:{HTML_TAGS})(?:\s[^<>\n]*)?/?>|<!--|&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);",
                     re.IGNORECASE)
 # Already-plain code: fenced blocks and backtick spans are never parsed as HTML.
 FENCE = re.compile(r"^(`{3,})[^\n`]*\n(?:.*?\n)?\1[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -62,11 +62,26 @@ def _code_span(code: str) -> str:
     return f"{bar}{pad}{code}{pad}{bar}"
 
 
-def _protect_markup(text: str) -> str:
-    """Literal markup in prose (from escaped entities) goes into backticks so it stays text."""
-    if "<" not in text and "&" not in text:    # every MARKUP match starts with one of them
-        return text
-    return MARKUP.sub(lambda m: _code_span(m.group(0)), text)
+def _mask_code_spans(text: str) -> str:
+    return CODE_SPAN.sub(lambda m: " " * len(m.group(0)), text)
+
+
+def _protect_markup(line: str) -> str:
+    """Literal markup in a prose line (from escaped entities) goes into backticks so it stays text.
+
+    Works on the whole line, code spans included, because markup can be split across text
+    nodes or stand around a code span ("&lt;a <code>x</code> &gt;"). A match that holds a code
+    span is broken by putting only its first character in backticks.
+    """
+    if "<" not in line and "&" not in line:    # every MARKUP match starts with one of them
+        return line
+    while True:
+        m = MARKUP.search(_mask_code_spans(line))
+        if m is None:
+            return line
+        frag = line[m.start():m.end()]
+        rep = _code_span(frag) if "`" not in frag else _code_span(frag[0]) + " " + frag[1:]
+        line = " ".join(f"{line[:m.start()]} {rep} {line[m.end():]}".split())
 
 
 def _clean_code(code: str) -> str:
@@ -87,9 +102,14 @@ class _Builder:
         self.prefix = ""
 
     def text(self, s: str) -> None:
-        self.inline.append(_protect_markup(s))
+        # A literal backtick in prose would pair up with the backticks of our code spans and
+        # make their edges ambiguous on a second pass; in prose it becomes an apostrophe, so
+        # every backtick in the output belongs to a code span or a fence.
+        # Entities like &#1; decode to control characters: gone here, as in the raw HTML.
+        self.inline.append(CONTROL_IN_HTML.sub("", s).replace("`", "'"))
 
     def code_inline(self, s: str) -> None:
+        s = CONTROL_IN_HTML.sub("", s)
         if "\n" in s.strip():
             self.code_block(s)
         else:
@@ -97,13 +117,14 @@ class _Builder:
             self.inline.append(" " + _code_span(s) + " ")
 
     def code_block(self, s: str) -> None:
+        s = CONTROL_IN_HTML.sub("", s)
         self.flush()
         code = _clean_code(s)
         if code:
             self.blocks.append(_fence(code))
 
     def flush(self, sep: str = "\n\n") -> None:
-        line = " ".join("".join(self.inline).split())
+        line = _protect_markup(" ".join("".join(self.inline).split()))
         self.inline = []
         if line:
             self.blocks.append(self.prefix + line)
@@ -295,7 +316,7 @@ def looks_like_html(text: str) -> bool:
         return False
     if "`" not in text:             # no fence and no code span to look past
         return True
-    outside = CODE_SPAN.sub(" ", FENCE.sub("\n", text))
+    outside = _mask_code_spans(FENCE.sub("\n", text))
     return MARKUP.search(outside) is not None
 
 

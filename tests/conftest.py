@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,25 @@ def shared() -> Path:
     if not SHARED.exists():
         pytest.skip("../shared is not beside the repo")
     return SHARED
+
+
+class Listener:
+    """A TCP port on 127.0.0.1 that records whether anything connected to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.url = f"http://{self.host}"
+
+    def connections(self) -> int:
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return n
+            conn.close()
+            n += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import random
 import re
-import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,33 +17,12 @@ from typing import Callable
 import pytest
 import yaml
 
-from conftest import REPO, run
+from conftest import REPO, Listener, run
 
 SAMPLE = REPO / "data" / "sample"
 SE_DUMP = REPO.parent / "shared" / "data" / "se-dump" / "genai.stackexchange.com-Posts.xml"
 ROW = ('<row Id="1" PostTypeId="1" Score="3" CreationDate="2020-01-01T00:00:00.000" Title="t" '
        'Body="&lt;p&gt;{body}&lt;/p&gt;" />')
-
-
-class Listener:
-    """A TCP port on 127.0.0.1 that records whether anything connected to it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.setblocking(False)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def connections(self) -> int:
-        n = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return n
-            conn.close()
-            n += 1
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, Listener
 from stages import strip_html as strip_mod
 
 STAGE_FILES = sorted((REPO / "stages").rglob("*.py"))
@@ -106,25 +106,6 @@ def test_the_scan_catches_each_unsafe_load(snippet: str, expected: int) -> None:
     assert len(unsafe_loads(snippet, "snippet.py")) == expected
 
 
-class _Listener:
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.setblocking(False)
-        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def connections(self) -> int:
-        n = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return n
-            conn.close()
-            n += 1
-
-
 def hostile_bodies(host: str) -> list[str]:
     """HTML that names remote resources in every way a browser or an XML/HTML library might follow."""
     u = f"http://{host}"
@@ -147,7 +128,7 @@ def hostile_bodies(host: str) -> list[str]:
 @pytest.mark.parametrize("engine", sorted(strip_mod.ENGINES))
 def test_html_parsing_fetches_nothing(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sockets are blocked in this process, and a local listener would see any C-level fetch (libxml2)."""
-    listener = _Listener()
+    listener = Listener()
     bodies = hostile_bodies(listener.host)
 
     def refuse(*args, **kwargs):

@@ -82,7 +82,7 @@ def _server_running(sock: Path) -> bool:
     """True while a server holds the lock of this socket (it holds it for its whole life)."""
     lock = _lock_path(sock)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(lock, os.O_RDWR)       # no lock file: no server (only a server creates it)
     except OSError:
         return False
     try:
@@ -263,9 +263,17 @@ def serve(root: Path, sock_path: Path) -> None:
             children.add(pid)
             _reap(children)
     finally:
+        # Leave nothing behind but a log with something in it. (A client racing this exit may
+        # start a second server on a fresh lock file; the loser idles out unused.)
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
         server.close()
+        log = sock_path.with_suffix(".log")
+        with contextlib.suppress(OSError):
+            if log.stat().st_size == 0:
+                log.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            _lock_path(sock_path).unlink()
         os.close(lock_fd)
 
 

@@ -114,3 +114,21 @@ def test_disabled_server_validates_in_process(tmp_path, monkeypatch, params):
     common.run_checks("ingest", {"data/raw": tmp_out}, params)
     assert json.loads(Path("metrics/quality/ingest.json").read_text(encoding="utf-8"))["success"]
     assert os.environ["SOQA_GX_SERVER"] == "0"
+
+
+def test_killed_server_cleans_up_and_a_new_one_serves(tmp_path, monkeypatch, params):
+    import psutil
+
+    monkeypatch.chdir(tmp_path)
+    sock = gx_server.socket_path(tmp_path)
+    tmp_out = Path("data/.raw.tmp-1")
+    write_raw(tmp_out, [5, 6, 7])
+    gx_server.validate("ingest", {"data/raw": tmp_out}, params)      # starts one and uses it
+    servers = [p for p in psutil.process_iter(["cmdline"]) if str(sock) in (p.info["cmdline"] or [])]
+    assert len(servers) == 1
+    servers[0].terminate()
+    assert servers[0].wait(10) == 0
+    assert not sock.exists() and not gx_server._server_running(sock)
+    Path("metrics/quality/ingest.json").unlink()
+    gx_server.validate("ingest", {"data/raw": tmp_out}, params)      # a fresh server answers
+    assert json.loads(Path("metrics/quality/ingest.json").read_text(encoding="utf-8"))["success"]

@@ -403,7 +403,9 @@ def model_card(meta: dict[str, Any], params: dict[str, Any]) -> str:
     for path, md5 in meta["data"]["dvc_lock"].items():
         lines.append(f"- `{path}` in dvc.lock: `{md5}`")
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-    for k in ("train_loss", "val_loss", "steps", "tokens_seen", "tokens_per_s", "wall_time_s", "device",
+    # Run-to-run timings (tokens/s, wall time) stay in metrics/train.json: the model folder's bytes
+    # depend only on data, params and code, so retraining the same thing gives the same DVC hash.
+    for k in ("train_loss", "val_loss", "steps", "tokens_seen", "device",
               "precision", "truncated_target_share", "truncated_source_share"):
         lines.append(f"| {k} | {m.get(k)} |")
     lines += ["", "Validation loss at the end of each shard: "
@@ -571,6 +573,8 @@ def main() -> None:
                          "dvc_lock": data_version()}}
         with atomic_path(MODEL_DIR) as tmp:
             model.save_pretrained(str(tmp))
+            # transformers records whether HF_HUB_OFFLINE was set at load time: not the model's business.
+            tokenizer.init_kwargs.pop("local_files_only", None)
             tokenizer.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(model_card(meta, params), encoding="utf-8")
         shard_ends = [e["step"] for e in result.log_history if "eval_loss" in e]

@@ -469,7 +469,10 @@ def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, param
     tables = list(tables)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = sum(parquet_rows(in_dir / f"{t}.parquet") for t in tables)
-    sinks = {t: ParquetSink(out_dir / f"{t}.parquet", SCHEMAS[t]) for t in tables}
+    # Background sinks: encoding and compressing row groups overlaps the batches still coming.
+    # Safe with the pool below: it forks its workers when map_batches starts, before the first
+    # row group exists and so before any sink thread runs.
+    sinks = {t: ParquetSink(out_dir / f"{t}.parquet", SCHEMAS[t], background=True) for t in tables}
     try:
         def jobs() -> Iterator[tuple[str, Any, Any]]:
             for t in tables:

@@ -30,13 +30,18 @@ HTML_TAGS = ("a|abbr|b|blockquote|body|br|caption|center|cite|code|dd|del|div|dl
              "thead|tr|tt|u|ul|var")
 MARKUP = re.compile(rf"</?(?:{HTML_TAGS})(?:\s[^<>\n]*)?/?>|<!--|&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);",
                     re.IGNORECASE)
-# Already-plain code: fenced blocks and backtick spans are never parsed as HTML.
-FENCE = re.compile(r"^(`{3,})[^\n`]*\n(?:.*?\n)?\1[ \t]*$", re.MULTILINE | re.DOTALL)
+# Already-plain code: fenced blocks and backtick spans are never parsed as HTML. Bars may stand
+# between any whitespace, as prose normalisation removes it: " ````" must not turn into a bar
+# only on a second pass.
+FENCE = re.compile(r"^[^\S\n]*(`{3,})[^\n`]*\n(?:.*?\n)?[^\S\n]*\1[^\S\n]*$", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 # C0 controls (not tab/LF/CR), DEL and terminal escapes are not HTML and split tags ("<co\x00de>" is no
 # tag and would turn into "<code>" once validate_utf drops the NUL): gone before parsing. C1 controls
 # stay for validate_utf, where ftfy may still need them to undo mojibake.
 CONTROL_IN_HTML = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Every match of CONTROL_IN_HTML holds one of these (ESC is \x1b): a plain class scans about 3x
+# faster than the alternation, so most texts are checked with it and never substituted.
+HAS_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 BLOCK_TAGS = {"p", "div", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "tbody",
               "thead", "tfoot", "hr", "section", "article", "header", "footer", "center", "body", "html",
@@ -100,16 +105,26 @@ class _Builder:
         self.blocks: list[str] = []
         self.inline: list[str] = []
         self.prefix = ""
+        # False when the source holds neither control characters nor numeric references (the
+        # only way to write one in HTML): then no text node can hold one and the scan is skipped.
+        self.may_hold_controls = True
+        # Whether result() is already in normalize_text's normal form: prose blocks are single
+        # collapsed lines and fences are built by _fence. A prose line holding a multi-backtick
+        # code span gets a second look anyway, as cheap insurance: it can start with ```.
+        self.known_normal = True
 
     def text(self, s: str) -> None:
         # A literal backtick in prose would pair up with the backticks of our code spans and
         # make their edges ambiguous on a second pass; in prose it becomes an apostrophe, so
         # every backtick in the output belongs to a code span or a fence.
         # Entities like &#1; decode to control characters: gone here, as in the raw HTML.
-        self.inline.append(CONTROL_IN_HTML.sub("", s).replace("`", "'"))
+        if self.may_hold_controls:
+            s = CONTROL_IN_HTML.sub("", s)
+        self.inline.append(s.replace("`", "'"))
 
     def code_inline(self, s: str) -> None:
-        s = CONTROL_IN_HTML.sub("", s)
+        if self.may_hold_controls:
+            s = CONTROL_IN_HTML.sub("", s)
         if "\n" in s.strip():
             self.code_block(s)
         else:
@@ -117,7 +132,8 @@ class _Builder:
             self.inline.append(" " + _code_span(s) + " ")
 
     def code_block(self, s: str) -> None:
-        s = CONTROL_IN_HTML.sub("", s)
+        if self.may_hold_controls:
+            s = CONTROL_IN_HTML.sub("", s)
         self.flush()
         code = _clean_code(s)
         if code:
@@ -127,6 +143,8 @@ class _Builder:
         line = _protect_markup(" ".join("".join(self.inline).split()))
         self.inline = []
         if line:
+            if "``" in line:
+                self.known_normal = False
             self.blocks.append(self.prefix + line)
             self.prefix = ""
 
@@ -138,8 +156,11 @@ class _Builder:
         self.flush()
         out: list[str] = []
         for b in self.blocks:
-            # List items sit on consecutive lines; every other block is a paragraph.
-            if out and b.startswith("- ") and out[-1].rsplit("\n", 1)[-1].startswith("- "):
+            # List items sit on consecutive lines; every other block is a paragraph. Two items
+            # whose literal text would read as one tag across the line break ("- <a", "- >")
+            # stay paragraphs, or the output would look like HTML again.
+            last = out[-1].rsplit("\n", 1)[-1] if out else ""
+            if b.startswith("- ") and last.startswith("- ") and not ("<" in last and looks_like_html(f"{last}\n{b}")):
                 out[-1] = out[-1] + "\n" + b
             else:
                 out.append(b)
@@ -199,18 +220,26 @@ _LXML_TOSTRING: Any = None
 # "&copy2015" and turns "&foo;" into "&foo"; HTML5 reads "©2015" and "&foo;") and a tag cut off
 # at the end ("...<pre><code": text there, dropped here). Such bodies, a small share, go to the
 # reference engine, so both engines give the same text.
-_LXML_RISK = re.compile(r"[\x00]|\r(?!\n)|<!\[|&(?:#[xX]?[0-9A-Fa-f]*|[A-Za-z][-.A-Za-z0-9]*)(;?)")
+_LONE_CR = re.compile(r"\r(?!\n)")
+_NUMERIC_REF = re.compile(r"&#(?:[0-9]+|[xX][0-9A-Fa-f]+);")
+_ENTITY_REF = re.compile(r"&(?:#[xX]?[0-9A-Fa-f]*|[A-Za-z][-.A-Za-z0-9]*)(;?)")
 
 
 def _lxml_needs_reference(html: str) -> bool:
-    if html.rfind("<") > html.rfind(">"):
+    # Substring tests first: one regex alternation over every character cost two thirds of the parse.
+    if html.rfind("<") > html.rfind(">") or "\x00" in html or "<![" in html:
         return True
-    for m in _LXML_RISK.finditer(html):
-        ref = m.group(0)
-        if not ref.startswith("&") or not m.group(1):
-            return True
-        if ref[1] != "#" and ref[1:] not in _HTML5_ENTITIES:
-            return True
+    if "\r" in html and _LONE_CR.search(html):
+        return True
+    if "&" in html:
+        for m in _ENTITY_REF.finditer(html):
+            ref = m.group(0)
+            if not m.group(1):
+                return True
+            if ref[1] == "#" and not _NUMERIC_REF.fullmatch(ref):   # "&#;", "&#1a;": read differently
+                return True
+            if ref[1] != "#" and ref[1:] not in _HTML5_ENTITIES:
+                return True
     if not html.isascii():
         try:
             html.encode("utf-8")
@@ -222,6 +251,35 @@ def _lxml_needs_reference(html: str) -> bool:
 def _lxml_text(el: Any) -> str:
     """All text below `el` (comments and processing instructions excluded), like bs4's get_text()."""
     return _LXML_TOSTRING(el, method="text", encoding="unicode", with_tail=False)
+
+
+_ASCII_SPACES = " \n\t\f\r"
+_PRESERVE_WHITESPACE = ("pre", "textarea")
+
+
+def _lxml_inline_code_text(el: Any) -> str:
+    """Text below an inline <code> that has child elements, as html.parser reads it.
+
+    Outside <pre> and <textarea>, beautifulsoup4 turns a string of nothing but ASCII whitespace
+    into one space, or one newline if it holds one ("<code>\t<br>x</code>" reads " x").
+    """
+    parts: list[str] = []
+
+    def add(s: str | None, preserve: bool) -> None:
+        if s:
+            if not preserve and not s.strip(_ASCII_SPACES):
+                s = "\n" if "\n" in s else " "
+            parts.append(s)
+
+    def collect(node: Any, preserve: bool) -> None:
+        add(node.text, preserve)
+        for child in node:
+            if isinstance(child.tag, str):      # comments and processing instructions hold no text
+                collect(child, preserve or child.tag.lower() in _PRESERVE_WHITESPACE)
+            add(child.tail, preserve)
+
+    collect(el, False)
+    return "".join(parts)
 
 
 def _walk_lxml(el: Any, b: _Builder) -> None:
@@ -237,7 +295,7 @@ def _walk_lxml(el: Any, b: _Builder) -> None:
             elif name == "pre":
                 b.code_block(_lxml_text(child))
             elif name == "code":
-                b.code_inline(_lxml_text(child))
+                b.code_inline(_lxml_inline_code_text(child) if len(child) else (child.text or ""))
             elif name == "br":
                 b.flush()
             elif name in LINE_TAGS:
@@ -259,9 +317,18 @@ def _walk_lxml(el: Any, b: _Builder) -> None:
 
 def html_to_text_lxml(html: str) -> str:
     """The bs4 rules over lxml's tree, about 8x faster; the few bodies lxml reads differently go to bs4."""
+    return _html_to_text_lxml(html)[0]
+
+
+def _html_to_text_lxml(html: str, may_hold_controls: bool | None = None) -> tuple[str, bool]:
+    """(text, whether the text is known to be in normal form already).
+
+    may_hold_controls: False when the caller knows `html` holds no control character and no
+    numeric reference (None: scan for them here).
+    """
     global _LXML_PARSER, _LXML_FROMSTRING, _LXML_TOSTRING
     if _lxml_needs_reference(html):
-        return html_to_text_bs4(html)
+        return html_to_text_bs4(html), False
     if _LXML_PARSER is None:
         from lxml import etree
 
@@ -272,11 +339,14 @@ def html_to_text_lxml(html: str) -> str:
     if len(_LXML_PARSER.error_log):
         # Mis-nested markup ("<p><hr/>text</p> more": libxml2 closes the <p> at the <hr>,
         # html.parser at the </p>) may cut paragraphs elsewhere: 0.15% of real bodies.
-        return html_to_text_bs4(html)
+        return html_to_text_bs4(html), False
     b = _Builder()
+    if may_hold_controls is None:
+        may_hold_controls = "&#" in html or HAS_CONTROL.search(html) is not None
+    b.may_hold_controls = may_hold_controls
     if root is not None:
         _walk_lxml(root, b)
-    return b.result()
+    return b.result(), b.known_normal
 
 
 ENGINES: dict[str, Callable[[str], str]] = {"bs4": html_to_text_bs4, "lxml": html_to_text_lxml}
@@ -322,9 +392,20 @@ def looks_like_html(text: str) -> bool:
 
 def strip_html(text: str, engine: str = "bs4") -> str:
     """HTML -> text (see module doc). Plain text is only normalised, so the result is a fixed point."""
-    text = CONTROL_IN_HTML.sub("", text)
+    return _strip(text, engine, HAS_CONTROL.search(text) is not None)
+
+
+def _strip(text: str, engine: str, has_control: bool) -> str:
+    # has_control: whether `text` holds a control character (the caller has scanned it already).
+    if has_control:
+        text = CONTROL_IN_HTML.sub("", text)
     if not looks_like_html(text):
         return normalize_text(text)
+    if engine == "lxml":
+        # normalize_text costs a quarter of the time here and changes nothing on known-normal
+        # output (none of the 149,523 bodies of the 150k benchmark corpus; tests/test_engines.py).
+        out, known_normal = _html_to_text_lxml(text, may_hold_controls="&#" in text)
+        return out if known_normal else normalize_text(out)
     return normalize_text(ENGINES[engine](text))
 
 
@@ -334,15 +415,17 @@ def normalize_title(title: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the pure transform
-def _strip_or_none(text: str, engine: str) -> str | None:
+def _strip_or_none(text: str, engine: str, has_control: bool) -> str | None:
     try:
-        return strip_html(text, engine)
+        return _strip(text, engine, has_control)
     except RecursionError:   # tags nested deeper than the tree walk can go: a hostile row, not a crash
         return None
 
 
 def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
-    stripped = [_strip_or_none(t, engine) for t in df["body"].tolist()]
+    raw = df["body"].tolist()
+    has_control = [HAS_CONTROL.search(t) is not None for t in raw]
+    stripped = [_strip_or_none(t, engine, c) for t, c in zip(raw, has_control)]
     bodies = ["" if b is None else b for b in stripped]
     out = df.copy()
     out["body"] = bodies
@@ -352,7 +435,7 @@ def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
         empty |= out["title"].eq("")
     rej = out[empty]
     reasons = ["html_too_deep" if b is None else "empty_after_strip" for b, e in zip(stripped, empty.tolist()) if e]
-    n_control = sum(1 for t in df["body"].tolist() if CONTROL_IN_HTML.search(t))
+    n_control = sum(has_control)
     return BatchResult(kept=out[~empty].reset_index(drop=True),
                        rejected=rejects(table, rej["id"].tolist(), reasons,
                                         [t[:120] for t in df.loc[empty, "body"].tolist()]),

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run
+from test_transforms import html_docs
 from stages import strip_html
 from stages.validate_utf import FTFY_CONFIG, fix_text_by_line
 
@@ -87,6 +88,48 @@ def test_lxml_matches_on_edge_cases(html: str) -> None:
 
 def test_lxml_is_a_registered_engine() -> None:
     assert strip_html.strip_html("<p>x <code>y</code></p>", "lxml") == strip_html.strip_html("<p>x <code>y</code></p>", "bs4")
+
+
+def test_known_normal_output_is_a_fixed_point_on_real_bodies(shared: Path) -> None:
+    # The lxml path skips normalize_text when its builder knows the text is normal already.
+    bodies = _real_bodies(shared, 40)
+    checked = 0
+    for b in bodies:
+        out, known_normal = strip_html._html_to_text_lxml(strip_html.CONTROL_IN_HTML.sub("", b))
+        if known_normal:
+            checked += 1
+            assert strip_html.normalize_text(out) == out, b[:300]
+    assert checked > 0.95 * len(bodies)
+
+
+@settings(max_examples=400, deadline=None)
+@given(html_docs())
+def test_lxml_strip_equals_reference_strip(doc: str) -> None:
+    # Whole strip_html (controls dropped, normal form skipped or not) against the bs4 reference.
+    fast = strip_html.strip_html(doc, "lxml")
+    assert fast == strip_html.strip_html(doc, "bs4")
+    assert strip_html.strip_html(fast, "lxml") == fast
+
+
+@pytest.mark.parametrize("html", [
+    "<p><code>``x</code> y</p><pre><code>a</code></pre>",      # a code span with a 3-backtick bar
+    "<ul><li><code>```</code></li><li>b</li></ul>",
+    "<p>a&#1;b <code>c&#x1b;[31md</code></p>", "<pre>x&#7;\n  y</pre>",   # controls written as references
+    # found by hypothesis: whitespace-only strings in inline code, empty numeric references,
+    # a bar behind spaces, a tag across two list items
+    "<code>\t<br>```\na</code>", "&#;&#;&lt; <b>x</b>", "&#1a; <i>y</i>", " ````\n````\n",
+    "<ul><li>&lt;a</li><li></li></ul>>",
+])
+def test_strip_edge_cases_match_and_are_fixed_points(html: str) -> None:
+    fast = strip_html.strip_html(html, "lxml")
+    assert fast == strip_html.strip_html(html, "bs4") == strip_html.normalize_text(fast)
+    assert strip_html.strip_html(fast, "lxml") == fast == strip_html.strip_html(fast, "bs4")
+
+
+@given(st.text(st.sampled_from(list("a \x00\x07\x1b[31m\x7f\x85é\n\r\t")), max_size=40))
+def test_control_fast_check_finds_what_the_substitution_removes(text: str) -> None:
+    # strip skips the substitution when the plain class finds nothing: both must agree.
+    assert (strip_html.HAS_CONTROL.search(text) is None) == (strip_html.CONTROL_IN_HTML.sub("", text) == text)
 
 
 # ----------------------------------------------------------------------------- ftfy on changeable lines only

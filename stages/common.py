@@ -148,13 +148,22 @@ def empty_rejects() -> pd.DataFrame:
     return REJECT_SCHEMA.empty_table().to_pandas()
 
 
+def _storable(text: str) -> str:
+    """The text, with lone surrogates (which Arrow strings cannot hold) written as backslash escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def rejects(table: str, ids: Iterable, reasons: Iterable[str], details: Iterable[str] | None = None,
             source_ids: Iterable | None = None) -> pd.DataFrame:
     """Build rejected rows (stage is filled in by the ledger)."""
     ids = list(ids)
     reasons = list(reasons)
     n = len(ids)
-    details = [""] * n if details is None else [str(d)[:300] for d in details]
+    details = [""] * n if details is None else [_storable(str(d)[:300]) for d in details]
     source_ids = [None if i is None else str(i) for i in ids] if source_ids is None else list(source_ids)
     return pd.DataFrame({
         "stage": pd.Series([""] * n, dtype="string"),

@@ -6,9 +6,11 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import ftfy
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -18,7 +20,8 @@ from hypothesis import strategies as st
 from conftest import run
 from test_transforms import html_docs
 from stages import strip_html
-from stages.validate_utf import FTFY_CONFIG, fix_text_by_line
+from stages import validate_utf
+from stages.validate_utf import FTFY_CONFIG, clean_text, fix_text_by_line, problem
 
 DATA_STAGES = ["ingest", "strip_html", "validate_utf", "filter_upvotes", "top_answers", "split", "shard"]
 
@@ -147,6 +150,41 @@ def test_fix_text_by_line_on_real_bodies(shared: Path) -> None:
     bodies = [b for b in _real_bodies(shared, 10) if not b.isascii()]
     assert len(bodies) > 500
     assert [fix_text_by_line(b) for b in bodies] == [ftfy.fix_text(b, FTFY_CONFIG) for b in bodies]
+
+
+# ----------------------------------------------------------------------------- validate_utf: plain rows skip the loop
+def _validate_reference(texts: list[str]) -> tuple[list[str], list[str | None], Counter]:
+    """validate_utf's rule row by row, no vectorised shortcut: clean_text, then problem()."""
+    cleaned, reasons, repaired = [], [], Counter()
+    for t in texts:
+        c, kinds = clean_text(t)
+        repaired.update(kinds)
+        why = problem(c)
+        cleaned.append(c)
+        reasons.append(why if why is not None or c.strip() else "empty_after_cleaning")
+    return cleaned, reasons, repaired
+
+
+def _assert_transform_is_reference(texts: list[str]) -> None:
+    df = pd.DataFrame({"id": pd.array(range(len(texts)), dtype="Int64"), "body": pd.Series(texts, dtype=object)})
+    res = validate_utf.transform("answers", df)
+    cleaned, reasons, repaired = _validate_reference(texts)
+    assert res.kept["body"].tolist() == [c for c, r in zip(cleaned, reasons) if r is None]
+    assert res.rejected["reason"].tolist() == [r for r in reasons if r is not None]
+    assert res.repaired == repaired
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_LINE_CHARS | st.sampled_from(["\ud800", "  ", "\n", "\x9f", "plain ascii"]),
+                         max_size=10).map("".join), max_size=12))
+def test_validate_transform_is_the_row_by_row_rule(texts: list[str]) -> None:
+    _assert_transform_is_reference(texts)
+
+
+def test_validate_transform_is_the_row_by_row_rule_on_real_bodies(shared: Path) -> None:
+    bodies = [strip_html.strip_html(b, "lxml") for b in _real_bodies(shared, 40)]
+    assert sum(not b.isascii() for b in bodies) > 100
+    _assert_transform_is_reference(bodies + ["", " \t", "a\x00b", "x\x7f", "ok"])
 
 
 # ----------------------------------------------------------------------------- workers and batch size

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from conftest import run
 from stages import quality
@@ -217,6 +217,63 @@ def test_prose_drops_code_blocks_and_spans_but_not_across_paragraphs():
     text = "Use `<div>` here.\n\n```\n<p>&amp;</p>\n```\n\nA lone ` tick.\n\nThen <b>left</b> and `x`."
     p = quality.prose(text)
     assert "<div>" not in p and "&amp;" not in p and "<b>left</b>" in p and "`x`" not in p
+
+
+_PROSE_PARTS = ["<", "</", ">", "/", "a", "b", "div", "DiV", "li", "h1", "x", "&", "#", "x2", "12", "amp", ";",
+                "`", "``", "```", "\n", "\n\n", " ", "=", "'", "</b>", "<i>", "</Li >", "<br/>", "&amp;", "&#39;",
+                "&#x2F;", "`<b>`", "```\n<p>\n```\n"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PROSE_PARTS), max_size=30))
+@example(["</div>"])
+@example(["&#x41;"])
+@example(["<a", "`x`", ">"])          # prose joins what code split: "<a >" is a tag, "<a`x`>" is not
+@example(["``", "</b>", "``"])
+def test_prose_suspect_finds_every_text_whose_prose_can_fail(parts):
+    """prose_frame skips the code-stripping regexes for texts PROSE_SUSPECT does not match: their
+    prose must then hold no tag or entity either, or the gate would judge the wrong text."""
+    text = "".join(parts)
+    p = quality.prose(text)
+    if re.search(quality.HTML_TAG, p) or re.search(quality.HTML_ENTITY, p) or \
+            re.search(quality.HTML_TAG, text) or re.search(quality.HTML_ENTITY, text):
+        assert re.search(quality.PROSE_SUSPECT, text), (text, p)
+    framed = prose_frame(answers([text]))
+    assert framed["body_prose"].tolist() == [p if re.search(quality.PROSE_SUSPECT, text) else text]
+
+
+def _write_rows(path: Path, schema: pa.Schema, frame: pd.DataFrame, group_rows: int) -> None:
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path, row_group_size=group_rows)
+
+
+@pytest.mark.parametrize("stage", ["strip_html", "validate_utf"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_text_checks_on_workers_report_what_one_process_reports(tmp_path, params, stage, workers):
+    """The gate's text checks run row group by row group on a pool: same counts, same first
+    failing rows in file order, same verdicts (mostly judged on the whole table)."""
+    n = 120
+    bodies = [f"answer {i} with `<div>` in code" for i in range(n)]
+    for i in (3, 40, 41, 77, 118):                # failures spread over several row groups
+        bodies[i] = f"left <b>bold</b> and &amp; {i}" if stage == "strip_html" else f"caf\u00c3\u00a9 \x01 {i}"
+    q_bodies = [f"question {i}" for i in range(30)]
+    q_bodies[25] = "<p>still html</p>" if stage == "strip_html" else "bad \ufffd"
+    n_q = len(q_bodies)
+    q = pd.DataFrame({"id": list(range(1, n_q + 1)), "owner_user_id": [None] * n_q, "creation_date": [None] * n_q,
+                      "score": [1] * n_q, "title": [f"t{i}" for i in range(n_q)], "body": q_bodies})
+    a = pd.DataFrame({"id": list(range(1001, 1001 + n)), "owner_user_id": [None] * n, "creation_date": [None] * n,
+                      "parent_id": [1] * n, "score": [2] * n, "body": bodies})
+    out = tmp_path / "out"
+    out.mkdir()
+    _write_rows(out / "questions.parquet", QUESTION_SCHEMA, q, 7)
+    _write_rows(out / "answers.parquet", ANSWER_SCHEMA, a, 13)
+    serial = run_suite(stage, params, quality.stage_frames(stage, out, params))
+    assert not serial["success"] and serial["rows_checked"] == {"questions": n_q, "answers": n}
+    assert quality.run_row_suite_parallel(stage, params, out, workers) == serial
+
+    # An empty table is still checked (zero rows) and reported the same way.
+    _write_rows(out / "questions.parquet", QUESTION_SCHEMA, q.iloc[:0], 7)
+    assert quality.run_row_suite_parallel(stage, params, out, workers) == \
+        run_suite(stage, params, quality.stage_frames(stage, out, params))
 
 
 # ----------------------------------------------------------------------------- the gate on files

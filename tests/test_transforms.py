@@ -174,6 +174,19 @@ def test_validate_repairs_mojibake_and_controls_keeps_unicode() -> None:
     assert res.repaired["mojibake"] == 1 and res.repaired["control_chars"] == 1
 
 
+def test_validate_rejects_lone_surrogates_and_takes_empty_batches() -> None:
+    # Found by hypothesis: a lone surrogate crashed building its reject row (Arrow strings cannot
+    # hold one), an empty batch crashed selecting rows. Parquet input never holds either; the
+    # pure transform must still take them.
+    df = pd.DataFrame({"id": pd.array([1, 2], dtype="Int64"), "body": pd.Series(["ok", "x \ud800 y"], dtype=object)})
+    res = validate_utf.transform("answers", df)
+    assert res.kept["body"].tolist() == ["ok"]
+    assert res.rejected["reason"].tolist() == ["replacement_char"]     # ftfy turns it into U+FFFD
+    assert res.rejected["detail"].tolist() == ["x \\ud800 y"]
+    empty = validate_utf.transform("answers", df.iloc[:0])
+    assert len(empty.kept) == 0 and len(empty.rejected) == 0
+
+
 # ----------------------------------------------------------------------------- filter / top answers
 def _answers(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
     return pd.DataFrame({"id": pd.array([r[0] for r in rows], dtype="Int64"),

@@ -108,11 +108,14 @@ def gx_servers(proj: Path) -> list[psutil.Process]:
     """The project's GX preloader (stages/gx_server.py): detached from the stage that started it,
     so it and its validation children are added to every measurement by hand."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "ppid"]):
         cmd = p.info.get("cmdline") or []
         if "stages.gx_server" in cmd and str(proj) in cmd:
             found.append(p)
-    return found
+    # The server's forked validation children (and their pool workers) carry its command line too:
+    # keep only the root(s), whose descendants the callers add, so nothing is counted twice.
+    pids = {p.pid for p in found}
+    return [p for p in found if p.info["ppid"] not in pids]
 
 
 def gx_server_cpu(proj: Path) -> float:

@@ -234,7 +234,11 @@ def _text_batches(path: Path, columns: list[str], batch_rows: int,
         seen = True
         yield derive(to_frame(b))
     if not seen:   # an empty table still gets its checks evaluated (on zero rows)
-        yield derive(to_frame(pq.read_schema(path).empty_table().select(columns)))
+        yield derive(_empty_frame(path, columns))
+
+
+def _empty_frame(path: Path, columns: list[str]) -> pd.DataFrame:
+    return to_frame(pq.read_schema(path).empty_table().select(columns))
 
 
 def prose_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -572,7 +576,7 @@ def _validate_unit(args: tuple[str, dict[str, Any], str, str, int]) -> tuple[str
     path = Path(out) / f"{table}.parquet"
     cols = dict(ROW_TABLES)[table]
     if group < 0:
-        df = to_frame(pq.read_schema(path).empty_table().select(cols))
+        df = _empty_frame(path, cols)
     else:
         df = to_frame(pq.ParquetFile(path).read_row_group(group, columns=cols))
     df = ROW_STAGES[stage](df)

@@ -103,13 +103,13 @@ def transform(table: str, df: pd.DataFrame) -> BatchResult:
         cleaned = []
         for i, (t, plain) in enumerate(zip(df[col].tolist(), plain_rows(df[col]))):
             if plain:
-                c, why = t, (None if t.strip() else "empty_after_cleaning")
+                c, why = t, None
             else:
                 c, kinds = clean_text(t)
                 repaired.update(kinds)
                 why = problem(c)
-                if why is None and not c.strip():
-                    why = "empty_after_cleaning"
+            if why is None and not c.strip():
+                why = "empty_after_cleaning"
             cleaned.append(c)
             if reasons[i] is None:
                 reasons[i] = why

@@ -21,7 +21,8 @@ def _tracked_by_git() -> set[str]:
 def stale_deps(status: dict, tracked: set[str]) -> list[str]:
     """'stage: path' for every git-tracked dependency (code, sample, params) that dvc.lock records differently.
 
-    Dependencies that are other stages' outputs are not in git; on a fresh clone they are missing, which
+    DVC lists changed params under "changed deps" too, keyed by the params file. Dependencies that are
+    other stages' outputs are not in git; on a fresh clone they are missing, which
     says nothing about the lock.
     """
     stale = []
@@ -32,8 +33,6 @@ def stale_deps(status: dict, tracked: set[str]) -> list[str]:
             for path, change in entry.get("changed deps", {}).items():
                 if path in tracked or any(t.startswith(path.rstrip("/") + "/") for t in tracked):
                     stale.append(f"{stage}: {path} {change}")
-            for path, change in entry.get("changed params", {}).items():
-                stale.append(f"{stage}: {path} {change}")
     return sorted(stale)
 
 

@@ -1,9 +1,10 @@
 """A Great Expectations preloader: GX is imported once per `dvc repro`, not once per stage.
 
-Importing great_expectations costs 2-3 s (scipy, altair, pydantic models of ~60 expectation
-classes), and each of the seven data stages is its own process: on the 150k-post benchmark
-that was 16-30 s of a 42-58 s run spent importing the same library seven times. So the first
-stage starts this server in the background (it imports GX while the stage transforms its rows),
+Importing great_expectations costs 1.5-3 s (pydantic models of ~60 expectation classes; its
+scipy.stats and altair, another second, are deferred: see quality.DEFERRED_IMPORTS), and each
+of the seven data stages is its own process: on the 150k-post benchmark that was 16-30 s of a
+42-58 s run spent importing the same library seven times. So the first stage starts this server
+in the background (it imports GX while the stage transforms its rows),
 and every stage's quality gate asks it to validate: the server forks a child per request, the
 child already holds GX, runs exactly the suite `quality.validate_stage` runs in-process (same
 code, same data read from the stage's temporary outputs, same metrics and failure files) and

@@ -17,9 +17,13 @@ so a 2.2 GB corpus is never held whole.
 from __future__ import annotations
 
 import html
+import importlib
+import importlib.util
 import json
 import os
 import re
+import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,9 +356,54 @@ def suite_parameters(stage: str, params: dict[str, Any], frames: list[Frame]) ->
 
 
 # ----------------------------------------------------------------------------- running a suite
+# GX imports these at module level for what no suite here uses (distribution tests, charts): they
+# were 1 s of its 2.4 s import, paid by every cold `dvc repro` before its first gate could answer.
+# Deferred, each is imported on first use of one of its attributes, so nothing that does use them breaks.
+DEFERRED_IMPORTS = ("scipy.stats", "altair")
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in sys.modules for a module until one of its attributes is used, then imports it.
+
+    Not importlib.util.LazyLoader: on Python 3.11 the import system reads `__spec__` of any module
+    imported twice, and that read alone makes a LazyLoader module load.
+    """
+
+    def __init__(self, spec: importlib.machinery.ModuleSpec):
+        super().__init__(spec.name)
+        self.__spec__ = spec
+        self.__file__ = spec.origin
+        if spec.submodule_search_locations is not None:
+            self.__path__ = list(spec.submodule_search_locations)
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only called for what the stand-in lacks: on first use, the real module replaces it in
+        # sys.modules and its names are copied here for those that imported the stand-in.
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        self.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__spec__"})
+        return getattr(real, attr)
+
+
+def _defer_imports(names: Iterable[str] = DEFERRED_IMPORTS) -> None:
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except ImportError:        # its parent package is missing: GX will say so itself
+            continue
+        if spec is not None:
+            sys.modules[name] = _DeferredModule(spec)
+
+
 def _gx():
     """Import GX quietly: analytics off, no progress bars (they would garble the stage log)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    if "great_expectations" not in sys.modules:
+        _defer_imports()
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig

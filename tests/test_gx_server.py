@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,3 +134,34 @@ def test_killed_server_cleans_up_and_a_new_one_serves(tmp_path, monkeypatch, par
     Path("metrics/quality/ingest.json").unlink()
     gx_server.validate("ingest", {"data/raw": tmp_out}, params)      # a fresh server answers
     assert json.loads(Path("metrics/quality/ingest.json").read_text(encoding="utf-8"))["success"]
+
+
+def test_gx_import_defers_modules_no_gate_needs_and_they_still_work(tmp_path):
+    """scipy.stats and altair (1 s of GX's import) stand deferred through a whole validation, and
+    whoever does use them gets the real modules, also through a name imported before."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from pathlib import Path
+from stages import quality
+from stages.common import load_params
+from test_quality import write_raw
+
+quality._gx()
+from scipy import stats          # bound to the stand-in, as GX's own modules are
+import altair
+assert all(type(sys.modules[n]) is quality._DeferredModule for n in quality.DEFERRED_IMPORTS)
+write_raw(Path("data/.raw.tmp-1"), [5, 6, 7])
+quality.validate_stage("ingest", {{"data/raw": Path("data/.raw.tmp-1")}}, load_params({str(REPO / 'params.yaml')!r}))
+assert all(type(sys.modules[n]) is quality._DeferredModule for n in quality.DEFERRED_IMPORTS), "a gate used one"
+assert abs(stats.norm.cdf(0.0) - 0.5) < 1e-12
+assert type(sys.modules["scipy.stats"]) is not quality._DeferredModule
+assert sys.modules["scipy"].stats is sys.modules["scipy.stats"]
+assert altair.Chart.__name__ == "Chart" and type(sys.modules["altair"]) is not quality._DeferredModule
+from scipy.stats import norm
+assert norm is stats.norm
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -399,10 +399,22 @@ def build_data_docs(quality: dict[str, dict[str, Any]], out_dir: Path) -> dict[s
                                               "data_asset_name": STAGE_OUTPUT.get(stage, stage),
                                               "batch_identifiers": {}},
                   "run_id": {"run_name": f"dvc repro: {stage}", "run_time": "1970-01-01T00:00:00+00:00"}})
-        page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(suite_result))
+        page = _numbered_view(DefaultJinjaPageView).render(ValidationResultsPageRenderer().render(suite_result))
         (out_dir / f"{stage}.html").write_text(offline_page(page), encoding="utf-8")
         links[stage] = f"{out_dir.name}/{stage}.html"
     return links
+
+
+def _numbered_view(view_class: type) -> Any:
+    """A GX page view whose element ids count up: GX's own are random uuid4s, and with them the same
+    results rendered to new bytes every time (a rebuilt report looked like a new version to DVC)."""
+
+    class NumberedView(view_class):
+        def generate_html_element_uuid(self, prefix: str | None = None) -> str:
+            self._element_count = getattr(self, "_element_count", 0) + 1
+            return f"{prefix or ''}element-{self._element_count}"
+
+    return NumberedView()
 
 
 def build_report(out: Path, params: dict[str, Any]) -> dict[str, Any]:

@@ -143,3 +143,19 @@ def test_metrics_diff_shows_funnel_and_check_changes(built: Path, tmp_path: Path
     checks = diff["metrics/quality/filter_upvotes.json"]
     assert checks["rows_checked.answers"]["diff"] < 0
     assert "metrics/quality/top_answers.json" in diff
+
+
+@pytest.mark.slow
+def test_report_rebuilds_to_the_same_bytes(built: Path, tmp_path: Path):
+    """Same results, same report: GX's random element ids are numbered, so a forced rebuild is no new version."""
+    proj = tmp_path / "proj"
+    shutil.copytree(built, proj, symlinks=True)
+    run(["dvc", "repro", "-f", "-s", "report"], proj)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root / "reports")): p.read_bytes() for p in sorted((root / "reports").rglob("*"))
+                if p.is_file() and p.name != "screenshot.png"}
+
+    before, after = files(built), files(proj)
+    assert any(k.startswith("data_docs/") for k in before)
+    assert after == before

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -459,13 +459,27 @@ def run_checks(stage: str, outputs: dict[str, Path], params: dict[str, Any]) -> 
     quality.validate_stage(stage, outputs, params)
 
 
+@dataclass
+class Offload:
+    """A batch transform in three parts, of which only `work` runs in the worker pool.
+
+    For a transform whose costly part touches few rows (validate_utf: ftfy on the ~6% of texts
+    that are not plain ASCII), `prepare` picks those out in this process with vectorised Arrow
+    calls, `work` handles just them in a worker, and `finish` puts the batch together here. Whole
+    batches crossing to a worker and back as pickles cost more CPU than the pool saved.
+    """
+    prepare: Callable[[str, pa.RecordBatch], tuple[Any, Any]]   # (table, batch) -> (job for the pool, state kept here)
+    work: Callable[[Any], Any]                                  # job -> its result; module level, so it pickles
+    finish: Callable[[Any, Any], BatchResult]                   # (state, result) -> the batch's BatchResult
+
+
 def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, params: dict[str, Any],
-                  fn: Callable[[tuple[str, Any, str]], tuple[int, BatchResult]], option: Any,
+                  fn: Callable[[tuple[str, Any, str]], tuple[int, BatchResult]] | Offload, option: Any,
                   tables: Iterable[str] = ("questions", "answers"), workers: int | None = None) -> None:
     """Stream every table of `in_dir` through `fn` in batches into `out_dir`.
 
     `workers` processes (None: the `workers` param); a cheap `fn` runs faster in this process
-    than the batches travel to a worker and back.
+    than the batches travel to a worker and back. `fn` may be an Offload (then `option` is unused).
     """
     from stages.report_cli import row_progress
 
@@ -483,13 +497,30 @@ def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, param
     # row group exists and so before any sink thread runs.
     sinks = {t: ParquetSink(out_dir / f"{t}.parquet", SCHEMAS[t], background=True) for t in tables}
     try:
-        def jobs() -> Iterator[tuple[str, Any, Any]]:
+        def batches() -> Iterator[tuple[str, pa.RecordBatch]]:
             for t in tables:
                 for b in iter_parquet(in_dir / f"{t}.parquet", chunk_rows):
-                    yield t, b, option
+                    yield t, b
+
+        def results() -> Iterator[tuple[str, int, BatchResult]]:
+            if not isinstance(fn, Offload):
+                yield from map_batches(functools.partial(_tagged, fn), ((t, b, option) for t, b in batches()), workers)
+                return
+            # map_batches keeps order, so each result meets the state its batch left here, first in first out.
+            states: deque = deque()
+
+            def jobs() -> Iterator[Any]:
+                for t, b in batches():
+                    job, state = fn.prepare(t, b)
+                    states.append((t, b.num_rows, state))
+                    yield job
+
+            for out in map_batches(fn.work, jobs(), workers):
+                t, n_in, state = states.popleft()
+                yield t, n_in, fn.finish(state, out)
 
         with row_progress(stage, total) as advance:
-            for t, n_in, res in map_batches(functools.partial(_tagged, fn), jobs(), workers):
+            for t, n_in, res in results():
                 ledger.record(t, n_in, res)
                 sinks[t].write(res.kept)
                 advance(n_in)

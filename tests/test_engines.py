@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ftfy
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -166,12 +167,40 @@ def _validate_reference(texts: list[str]) -> tuple[list[str], list[str | None], 
 
 
 def _assert_transform_is_reference(texts: list[str]) -> None:
+    """Both shapes of the transform follow the rule: over a DataFrame, and over an Arrow batch (the
+    stage's path, with plain rows picked out by Arrow and only the rest cleaned by a worker)."""
     df = pd.DataFrame({"id": pd.array(range(len(texts)), dtype="Int64"), "body": pd.Series(texts, dtype=object)})
     res = validate_utf.transform("answers", df)
     cleaned, reasons, repaired = _validate_reference(texts)
     assert res.kept["body"].tolist() == [c for c, r in zip(cleaned, reasons) if r is None]
     assert res.rejected["reason"].tolist() == [r for r in reasons if r is not None]
     assert res.repaired == repaired
+    if any(not t.isascii() and any("\ud800" <= ch <= "\udfff" for ch in t) for t in texts):
+        return        # a lone surrogate cannot be an Arrow string: parquet input never holds one
+    batch = pa.RecordBatch.from_pydict({"id": pa.array(range(len(texts)), pa.int64()),
+                                        "body": pa.array(texts, pa.string())})
+    res_arrow = validate_utf.transform_batch("answers", batch)
+    assert res_arrow.kept.column("body").to_pylist() == res.kept["body"].tolist()
+    assert res_arrow.kept.column("id").to_pylist() == res.kept["id"].tolist()
+    assert res_arrow.rejected.to_dict("list") == res.rejected.to_dict("list") and res_arrow.repaired == repaired
+
+
+def test_validate_batch_transform_is_the_dataframe_transform_on_questions() -> None:
+    """Two text columns: a row's reason is its title's when both fail, as in the DataFrame transform."""
+    moj = "donâ€™t"
+    rows = [("ok", "body"), (" \t", "body"), ("title", "\n \n"), ("bad \ufffd", " "), (moj, "caf\u00e9 \x07"),
+            ("\x1b[31m", "é"), ("plain", "x \ufffd"), ("", "")]
+    df = pd.DataFrame({"id": pd.array(range(len(rows)), dtype="Int64"), "score": pd.array([1] * len(rows), dtype="Int64"),
+                       "title": [t for t, _ in rows], "body": [b for _, b in rows]})
+    res = validate_utf.transform("questions", df)
+    batch = pa.RecordBatch.from_pandas(df, preserve_index=False)
+    res_arrow = validate_utf.transform_batch("questions", batch)
+    assert res.rejected["id"].tolist() == [1, 2, 3, 5, 6, 7]
+    assert res.rejected["reason"].tolist() == ["empty_after_cleaning", "empty_after_cleaning", "replacement_char",
+                                               "empty_after_cleaning", "replacement_char", "empty_after_cleaning"]
+    assert res.repaired == Counter({"mojibake": 1, "unicode_fixed": 1, "control_chars": 1})
+    assert res_arrow.rejected.to_dict("list") == res.rejected.to_dict("list") and res_arrow.repaired == res.repaired
+    assert res_arrow.kept.to_pandas()[["title", "body"]].equals(res.kept[["title", "body"]])
 
 
 @settings(max_examples=300, deadline=None)

@@ -52,6 +52,8 @@ SKIP_TAGS = {"script", "style", "head", "title", "noscript", "template"}
 
 # ----------------------------------------------------------------------------- rendering helpers
 def _fence(code: str) -> str:
+    if "`" not in code:          # the common case: no run of backticks to outgrow
+        return f"```\n{code}\n```"
     longest = max((len(m) for m in re.findall(r"`+", code)), default=0)
     bar = "`" * max(3, longest + 1)
     return f"{bar}\n{code}\n{bar}"
@@ -61,6 +63,8 @@ def _code_span(code: str) -> str:
     code = " ".join(code.split())
     if not code:
         return ""
+    if "`" not in code:
+        return f"`{code}`"
     longest = max((len(m) for m in re.findall(r"`+", code)), default=0)
     bar = "`" * (longest + 1)
     pad = " " if code.startswith("`") or code.endswith("`") else ""
@@ -139,7 +143,9 @@ class _Builder:
         if code:
             self.blocks.append(_fence(code))
 
-    def flush(self, sep: str = "\n\n") -> None:
+    def flush(self) -> None:
+        if not self.inline:          # most flushes: a block boundary right after another
+            return
         line = _protect_markup(" ".join("".join(self.inline).split()))
         self.inline = []
         if line:
@@ -282,35 +288,48 @@ def _lxml_inline_code_text(el: Any) -> str:
     return "".join(parts)
 
 
+# What the walk does with an element, by tag name (lower case); a name not here is inline.
+_SKIP, _PRE, _CODE, _BR, _ITEM, _LI, _CELL, _BLOCK = range(8)
+_LXML_KIND = {**{t: _SKIP for t in (*SKIP_TAGS, "img")}, "pre": _PRE, "code": _CODE, "br": _BR,
+              **{t: _ITEM for t in LINE_TAGS}, "li": _LI, "td": _CELL, "th": _CELL,
+              **{t: _BLOCK for t in BLOCK_TAGS}}
+
+
 def _walk_lxml(el: Any, b: _Builder) -> None:
     # The same rules as _walk_bs4; lxml keeps text in .text (before the first child) and .tail.
+    # A table lookup and no call for childless inline elements: this loop is most of the
+    # stage's CPU time.
     if el.text:
         b.text(el.text)
     for child in el:
         tag = child.tag
         if isinstance(tag, str):     # comments and processing instructions have a function as tag
-            name = tag.lower()
-            if name in SKIP_TAGS or name == "img":
-                pass
-            elif name == "pre":
-                b.code_block(_lxml_text(child))
-            elif name == "code":
+            kind = _LXML_KIND.get(tag)
+            if kind is None and not tag.islower():
+                kind = _LXML_KIND.get(tag.lower())
+            if kind is None:
+                if len(child):
+                    _walk_lxml(child, b)
+                elif child.text:
+                    b.text(child.text)
+            elif kind == _CODE:
                 b.code_inline(_lxml_inline_code_text(child) if len(child) else (child.text or ""))
-            elif name == "br":
+            elif kind == _PRE:
+                b.code_block(_lxml_text(child))
+            elif kind == _BLOCK:
                 b.flush()
-            elif name in LINE_TAGS:
-                b.start_item("- " if name == "li" else "")
                 _walk_lxml(child, b)
                 b.flush()
-            elif name in ("td", "th"):
+            elif kind == _LI or kind == _ITEM:
+                b.start_item("- " if kind == _LI else "")
+                _walk_lxml(child, b)
+                b.flush()
+            elif kind == _BR:
+                b.flush()
+            elif kind == _CELL:
                 _walk_lxml(child, b)
                 b.text(" | ")
-            elif name in BLOCK_TAGS:
-                b.flush()
-                _walk_lxml(child, b)
-                b.flush()
-            else:
-                _walk_lxml(child, b)
+            # _SKIP: nothing
         if child.tail:
             b.text(child.tail)
 

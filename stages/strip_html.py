@@ -174,6 +174,13 @@ class _Builder:
 
 
 # ----------------------------------------------------------------------------- engines
+# What both walks do with an element, by tag name (lower case); a name not here is inline.
+_SKIP, _PRE, _CODE, _BR, _ITEM, _LI, _CELL, _BLOCK = range(8)
+_TAG_KIND = {**{t: _SKIP for t in (*SKIP_TAGS, "img")}, "pre": _PRE, "code": _CODE, "br": _BR,
+             **{t: _ITEM for t in LINE_TAGS - {"li"}}, "li": _LI, "td": _CELL, "th": _CELL,
+             **{t: _BLOCK for t in BLOCK_TAGS}}
+
+
 def _walk_bs4(node: Any, b: _Builder) -> None:
     from bs4 import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction
 
@@ -183,30 +190,27 @@ def _walk_bs4(node: Any, b: _Builder) -> None:
                 continue
             b.text(str(child))
             continue
-        name = (child.name or "").lower()
-        if name in SKIP_TAGS:
-            continue
-        if name == "pre":
-            b.code_block(child.get_text())
-        elif name == "code":
+        kind = _TAG_KIND.get((child.name or "").lower())
+        if kind is None:
+            _walk_bs4(child, b)
+        elif kind == _CODE:
             b.code_inline(child.get_text())
-        elif name == "br":
+        elif kind == _PRE:
+            b.code_block(child.get_text())
+        elif kind == _BLOCK:
             b.flush()
-        elif name in LINE_TAGS:
-            b.start_item("- " if name == "li" else "")
             _walk_bs4(child, b)
             b.flush()
-        elif name in ("td", "th"):
+        elif kind == _LI or kind == _ITEM:
+            b.start_item("- " if kind == _LI else "")
+            _walk_bs4(child, b)
+            b.flush()
+        elif kind == _BR:
+            b.flush()
+        elif kind == _CELL:
             _walk_bs4(child, b)
             b.text(" | ")
-        elif name in BLOCK_TAGS:
-            b.flush()
-            _walk_bs4(child, b)
-            b.flush()
-        elif name == "img":
-            continue
-        else:
-            _walk_bs4(child, b)
+        # _SKIP: nothing
 
 
 def html_to_text_bs4(html: str) -> str:
@@ -288,25 +292,17 @@ def _lxml_inline_code_text(el: Any) -> str:
     return "".join(parts)
 
 
-# What the walk does with an element, by tag name (lower case); a name not here is inline.
-_SKIP, _PRE, _CODE, _BR, _ITEM, _LI, _CELL, _BLOCK = range(8)
-_LXML_KIND = {**{t: _SKIP for t in (*SKIP_TAGS, "img")}, "pre": _PRE, "code": _CODE, "br": _BR,
-              **{t: _ITEM for t in LINE_TAGS}, "li": _LI, "td": _CELL, "th": _CELL,
-              **{t: _BLOCK for t in BLOCK_TAGS}}
-
-
 def _walk_lxml(el: Any, b: _Builder) -> None:
     # The same rules as _walk_bs4; lxml keeps text in .text (before the first child) and .tail.
-    # A table lookup and no call for childless inline elements: this loop is most of the
-    # stage's CPU time.
+    # No call for childless inline elements: this loop is most of the stage's CPU time.
     if el.text:
         b.text(el.text)
     for child in el:
         tag = child.tag
         if isinstance(tag, str):     # comments and processing instructions have a function as tag
-            kind = _LXML_KIND.get(tag)
+            kind = _TAG_KIND.get(tag)
             if kind is None and not tag.islower():
-                kind = _LXML_KIND.get(tag.lower())
+                kind = _TAG_KIND.get(tag.lower())
             if kind is None:
                 if len(child):
                     _walk_lxml(child, b)

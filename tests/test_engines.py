@@ -63,7 +63,7 @@ def test_lxml_matches_on_injected_faults(tmp_path: Path, shared: Path) -> None:
                     "--faults", "0.3", "--seed", "7"], check=True, capture_output=True)
     # The 2 MB bodies take bs4 seconds each; one of them is enough.
     bodies = [b for table, name in CSV_FILES.items() for raw in read_kaggle_csv(out / name, table)
-              for b in raw["Body"] if b]
+              for b in raw["Body"].to_pylist() if b]
     huge = [b for b in bodies if len(b) > 100_000]
     bodies = [b for b in bodies if len(b) <= 100_000] + huge[:1]
     assert len(bodies) > 1000 and huge

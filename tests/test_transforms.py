@@ -92,6 +92,64 @@ def test_type_batch_keeps_na_owner_and_rejects_bad_date() -> None:
     assert res.rejected["reason"].tolist() == ["bad_creation_date"]
 
 
+# The row rule type_batch implements (with vectorised shortcuts), written plainly, one row at a time.
+def _reference_row(table: str, row: dict[str, str | None]) -> tuple[str | None, str, int | None, bool]:
+    """(reason or None, detail, parsed id, whether the owner is unreadable) for one source row."""
+    import re
+
+    def as_int(v: str | None) -> int | None:
+        return int(v) if v is not None and re.match(r"^\s*[+-]?\d{1,18}\s*$", v) else None
+
+    def blank(v: str | None) -> bool:
+        return v is None or not v.strip()
+
+    i, score = as_int(row["Id"]), row["Score"]
+    date = row["CreationDate"]
+    date_ok = not date or pd.notna(pd.to_datetime(date, errors="coerce", utc=True))
+    owner = row["OwnerUserId"]
+    owner_present = owner is not None and owner.strip() not in ("", "NA")
+    reason, detail = None, ""
+    if i is None:
+        reason, detail = "bad_id", row["Id"] or ""
+    elif blank(score):
+        reason = "missing_score"
+    elif as_int(score) is None:
+        reason, detail = "non_numeric_score", score
+    elif table == "answers" and as_int(row["ParentId"]) is None:
+        reason, detail = "bad_parent_id", row["ParentId"] or ""
+    elif not date_ok:
+        reason, detail = "bad_creation_date", date
+    elif blank(row["Body"]):
+        reason = "empty_body"
+    elif table == "questions" and blank(row["Title"]):
+        reason = "empty_title"
+    return reason, detail, i, reason is None and owner_present and as_int(owner) is None
+
+
+_INTISH = st.sampled_from(["1", "42", "007", " 5", "+5", "-3", "٣", "1e3", "x", "", " ", "NA", "NA ", None,
+                           "12345678901234567890", "123456789012345678"])
+_TEXTISH = st.sampled_from(["t", "<p>b</p>", "", " ", " \n\t", "\u3000", "\x1c", "\u0085", "\u00a0", "é", None])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["questions", "answers"]),
+       st.lists(st.tuples(_INTISH, _INTISH, _INTISH, _INTISH, _TEXTISH, _TEXTISH,
+                          st.sampled_from(["2008-08-02T15:11:16Z", "", "yesterday"])), min_size=1, max_size=12))
+def test_type_batch_follows_the_row_rule(table: str, rows: list[tuple]) -> None:
+    """The vectorised typing (Arrow fast paths, Python only for odd values) = the plain per-row rule."""
+    names = ["Id", "OwnerUserId", "Score", "ParentId", "Title", "Body", "CreationDate"]
+    raw = {c: [r[k] for r in rows] for k, c in enumerate(names)}
+    res = type_batch(table, raw)
+    ref = [_reference_row(table, {c: raw[c][k] for c in names}) for k in range(len(rows))]
+    assert res.rejected["reason"].tolist() == [r for r, *_ in ref if r]
+    assert res.rejected["detail"].tolist() == [d for r, d, *_ in ref if r]
+    assert res.kept["id"].tolist() == [i for r, _, i, _ in ref if r is None]
+    assert res.repaired.get("owner_unreadable", 0) == sum(u for *_, u in ref)
+    kept_rows = [k for k, (r, *_) in enumerate(ref) if r is None]
+    assert res.kept["body"].tolist() == [raw["Body"][k] for k in kept_rows]
+    assert res.kept["score"].tolist() == [int(raw["Score"][k]) for k in kept_rows]
+
+
 def test_ingest_posts_xml_reproduces_dump_counts(tmp_path: Path, shared: Path) -> None:
     dumps = {"matheducators": (397, 1507), "genai": (181, 243)}
     for site, (n_q, n_a) in dumps.items():

@@ -242,6 +242,32 @@ def test_prose_suspect_finds_every_text_whose_prose_can_fail(parts):
     assert framed["body_prose"].tolist() == [p if re.search(quality.PROSE_SUSPECT, text) else text]
 
 
+_CELL = st.one_of(st.none(), st.text(st.sampled_from(list("ab <>&#;`\n\t é　")), max_size=12),
+                  st.lists(st.sampled_from(_PROSE_PARTS), max_size=8).map("".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_CELL, _CELL), max_size=8), st.booleans())
+def test_row_frames_from_arrow_equal_the_row_by_row_frames(rows, with_title):
+    """The stages read Arrow-held strings, which text_frame/prose_frame handle without a Python string
+    per row; object columns (which may hold surrogates) take the row-by-row path. Same frames."""
+    cols = {"id": pa.array(range(1, len(rows) + 1), pa.int64()), "body": pa.array([b for _, b in rows], pa.string())}
+    if with_title:
+        cols["title"] = pa.array([t for t, _ in rows], pa.string())
+    arrow_held = to_frame(pa.table(cols))
+    object_held = arrow_held.astype({c: object for c in ("title", "body") if c in arrow_held})
+    object_held = object_held.where(object_held.notna(), None)
+    for derive in (text_frame, prose_frame):
+        fast, plain = derive(arrow_held), derive(object_held)
+        assert fast.columns.tolist() == plain.columns.tolist()
+        for c in ("text", "encodes_as_utf8", "body_prose"):
+            if c in fast:
+                assert fast[c].tolist() == plain[c].tolist(), c
+    bodies = [b or "" for _, b in rows]
+    assert prose_frame(arrow_held)["body_prose"].tolist() == \
+        [quality.prose(b) if re.search(quality.PROSE_SUSPECT, b) else b for b in bodies]
+
+
 def _write_rows(path: Path, schema: pa.Schema, frame: pd.DataFrame, group_rows: int) -> None:
     pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path, row_group_size=group_rows)
 

@@ -64,7 +64,8 @@ def main() -> None:
         final = DATA / "split"
         tmp = _tmp_sibling(final)
         tmp.mkdir(parents=True)
-        sinks = {name: ParquetSink(tmp / f"{name}.parquet", PAIR_SCHEMA) for name in SPLITS}
+        sinks = {name: ParquetSink(tmp / f"{name}.parquet", PAIR_SCHEMA, background=True)   # this stage never forks
+                 for name in SPLITS}
         questions = {name: set() for name in SPLITS}
         try:
             for batch in iter_parquet(DATA / "top2" / "pairs.parquet", int(params["ingest"].get("batch_rows", 20000))):

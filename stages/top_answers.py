@@ -87,12 +87,13 @@ def main() -> None:
         ranks = top["answer_rank"].to_numpy("int64")[order]
         del top, ranked
         wanted = pa.array(top_ids, pa.int64())
+        # One chunk: take() on a column of many chunks concatenates them on every call (once per question batch).
         chosen = pa.Table.from_batches(
             [b.filter(pc.is_in(b.column("id"), value_set=wanted))
              for b in iter_parquet(src / "answers.parquet", batch_rows, columns=["id", "score", "body"])],
-            schema=pa.schema([ANSWER_SCHEMA.field(c) for c in ("id", "score", "body")]))
+            schema=pa.schema([ANSWER_SCHEMA.field(c) for c in ("id", "score", "body")])).combine_chunks()
         a_rows = pd.Index(chosen.column("id").to_numpy()).get_indexer(top_ids)
-        sink = ParquetSink(tmp / "pairs.parquet", PAIR_SCHEMA)
+        sink = ParquetSink(tmp / "pairs.parquet", PAIR_SCHEMA, background=True)    # this stage never forks
         questions_without_answer = []
         start = offset = 0
         try:

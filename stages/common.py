@@ -189,6 +189,53 @@ def iter_parquet(path: str | Path, batch_rows: int, columns: Sequence[str] | Non
     yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
 
+def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """`items` produced by a thread up to `depth` ahead of the consumer, in order.
+
+    Arrow decodes and decompresses parquet without the GIL, so the next batches are read while
+    this thread works on the current one. The thread starts at the first next(): a pool that
+    forks before it (run_per_table's) never copies a process with the reader mid-way.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():        # the consumer may have stopped early: never block on a full queue
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:       # re-raised in the consumer
+            put((done, exc))
+
+    reader = threading.Thread(target=produce, name="prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
 def parquet_rows(path: str | Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
@@ -499,7 +546,7 @@ def run_per_table(stage: str, in_dir: Path, out_dir: Path, ledger: Ledger, param
     try:
         def batches() -> Iterator[tuple[str, pa.RecordBatch]]:
             for t in tables:
-                for b in iter_parquet(in_dir / f"{t}.parquet", chunk_rows):
+                for b in prefetched(iter_parquet(in_dir / f"{t}.parquet", chunk_rows)):
                     yield t, b
 
         def results() -> Iterator[tuple[str, int, BatchResult]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from stages.common import (BatchResult, DATA, Ledger, StageError, _tmp_sibling, rejects, run_per_table,
                            stage_main, to_frame)
@@ -437,9 +438,11 @@ def _strip_or_none(text: str, engine: str, has_control: bool) -> str | None:
         return None
 
 
-def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
+def transform(table: str, df: pd.DataFrame, engine: str = "bs4", has_control: list[bool] | None = None) -> BatchResult:
+    """has_control: whether each body holds a control character, when the caller knows (None: scan here)."""
     raw = df["body"].tolist()
-    has_control = [HAS_CONTROL.search(t) is not None for t in raw]
+    if has_control is None:
+        has_control = [HAS_CONTROL.search(t) is not None for t in raw]
     stripped = [_strip_or_none(t, engine, c) for t, c in zip(raw, has_control)]
     bodies = ["" if b is None else b for b in stripped]
     out = df.copy()
@@ -459,8 +462,10 @@ def transform(table: str, df: pd.DataFrame, engine: str = "bs4") -> BatchResult:
 
 def _transform_batch(args: tuple[str, Any, str]) -> tuple[int, BatchResult]:
     table, batch, engine = args
+    # One vectorised scan (RE2 over the Arrow buffer) in place of a Python regex search per body.
+    has_control = pc.match_substring_regex(batch.column("body"), HAS_CONTROL.pattern).fill_null(False)
     df = to_frame(batch)
-    return len(df), transform(table, df, engine)
+    return len(df), transform(table, df, engine, has_control.to_pylist())
 
 
 def main() -> None:

@@ -323,3 +323,14 @@ def test_ledger_refuses_to_lose_rows(tmp_path: Path) -> None:
         assert not (tmp_path / "metrics" / "audit" / "demo.json").exists()
     finally:
         os.chdir(cwd)
+
+
+def test_strip_batch_control_scan_matches_the_python_regex() -> None:
+    """_transform_batch finds control characters with one RE2 scan of the Arrow batch; it must
+    flag exactly the texts HAS_CONTROL (Python re) flags, or CONTROL_IN_HTML would be skipped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = [chr(c) for c in range(0x100)] + ["a\x00b", "é\x1bx", "tab\tnl\ncr\r", "\u2028", "", "\U0001f600\x7f"]
+    scanned = pc.match_substring_regex(pa.array(texts), strip_html.HAS_CONTROL.pattern).to_pylist()
+    assert scanned == [strip_html.HAS_CONTROL.search(t) is not None for t in texts]

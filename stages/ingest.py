@@ -407,7 +407,8 @@ class Ingester:
     def _orphan_rejects(self, orphans: pd.DataFrame) -> pd.DataFrame:
         if orphans.empty:
             return empty_rejects()
-        known = _member(orphans["parent_id"], self.seen["questions"]) | _member(orphans["parent_id"], self.rejected_questions)
+        parents = orphans["parent_id"]
+        known = _member(parents, self.seen["questions"]) | _member(parents, self.rejected_questions)
         reasons = ["question_rejected" if k else "orphan_answer" for k in known.tolist()]
         details = [f"ParentId={p}" for p in orphans["parent_id"].tolist()]
         return rejects("answers", orphans["id"].tolist(), reasons, details)

@@ -312,8 +312,8 @@ def _text_frame_arrow(ids: pd.Series, title: pa.Array | None, body: pa.Array) ->
     if title is not None:
         title = pc.fill_null(title, "").cast(text.type)
         has_title, has_body = pc.greater(pc.utf8_length(title), 0), pc.greater(pc.utf8_length(text), 0)
-        text = pc.if_else(pc.and_(has_title, has_body), pc.binary_join_element_wise(title, text, pa.scalar("\n", text.type)),
-                          pc.if_else(has_title, title, text))
+        joined = pc.binary_join_element_wise(title, text, pa.scalar("\n", text.type))
+        text = pc.if_else(pc.and_(has_title, has_body), joined, pc.if_else(has_title, title, text))
     n = len(text)
     return to_frame(pa.table({"id": pa.array(pd.array(ids, dtype="Int64")), "text": text,
                               "encodes_as_utf8": pa.array(np.ones(n, bool))}))
@@ -661,7 +661,8 @@ def _row_units(out: Path) -> list[tuple[str, tuple[int, ...]]]:
     units: list[tuple[str, tuple[int, ...]]] = []
     for table, _ in ROW_TABLES:
         n = pq.ParquetFile(out / f"{table}.parquet").num_row_groups
-        units += [(table, tuple(range(g, min(g + UNIT_GROUPS, n)))) for g in range(0, n, UNIT_GROUPS)] or [(table, ())]
+        units += [(table, tuple(range(g, min(g + UNIT_GROUPS, n)))) for g in range(0, n, UNIT_GROUPS)] \
+            or [(table, ())]
     return units
 
 

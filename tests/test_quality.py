@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import example, given, settings, strategies as st
@@ -240,6 +241,41 @@ def test_prose_suspect_finds_every_text_whose_prose_can_fail(parts):
         assert re.search(quality.PROSE_SUSPECT, text), (text, p)
     framed = prose_frame(answers([text]))
     assert framed["body_prose"].tolist() == [p if re.search(quality.PROSE_SUSPECT, text) else text]
+
+
+def test_space_classes_match_what_python_s_matches_in_both_engines():
+    """SPACE and NOT_SPACE spell out Python's \\s and \\S so that GX's regex checks run on Arrow's
+    RE2: over every code point, Python's re and RE2 must read them exactly as Python reads \\s."""
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    is_space = [re.fullmatch(r"\s", c) is not None for c in chars]
+    assert [re.fullmatch(quality.SPACE, c) is not None for c in chars] == is_space
+    assert [re.fullmatch(quality.NOT_SPACE, c) is None for c in chars] == is_space
+    arr = pa.array(chars)
+    assert pc.match_substring_regex(arr, f"^{quality.SPACE}$").to_pylist() == is_space
+    assert pc.match_substring_regex(arr, f"^{quality.NOT_SPACE}$").to_pylist() == [not s for s in is_space]
+
+
+# What makes pandas run a str.contains pattern through Python's re row by row, not Arrow's RE2
+# (pandas.core.arrays._arrow_string_mixins): \s \S \w \W \d \D \b \B, lookaround, \u escapes.
+_PYTHON_ONLY_REGEX = re.compile(r"\\[sSwWdDbBuUN]|\(\?<?[=!]")
+
+
+@pytest.mark.parametrize("stage", ["strip_html", "validate_utf"])
+def test_text_suite_regexes_stay_on_arrow(stage):
+    """The text suites read every body of the corpus: each regex must be one RE2 runs (see above)."""
+    patterns = [c.kwargs["regex"] for c in quality.suite_checks(stage, load_params()) if "regex" in c.kwargs]
+    if stage == "strip_html":
+        patterns += list(quality._SUSPECT_HALVES)
+    assert patterns and not [p for p in patterns if _PYTHON_ONLY_REGEX.search(p)]
+    # and they mean the same to both engines on text that exercises them
+    texts = ["<p>x", "<P\u3000a>", "<div\x0b>", "a &amp; b", "&#x41;", " \u2028 ", "", "x", "Ã©", "\x01",
+             "\ufffd", "<br/>", "<lı>", "List<int>", "<a`x`>"]
+    arr = pa.array(texts)
+    for p in patterns:
+        expected = [re.search(p, t) is not None for t in texts]
+        if "(?i)" in p:     # Python's re alone also reads "ı" as "i" (see quality.HTML_TAG)
+            expected = [e and "ı" not in t for e, t in zip(expected, texts)]
+        assert pc.match_substring_regex(arr, p).to_pylist() == expected, p
 
 
 _CELL = st.one_of(st.none(), st.text(st.sampled_from(list("ab <>&#;`\n\t é　")), max_size=12),

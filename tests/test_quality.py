@@ -97,6 +97,49 @@ def shard_frames(rows: list[int], train_hash: list[int], shard_hash: list[int]) 
                                                 "shard_row_hash": pd.Series(shard_hash, dtype="UInt64")}))]
 
 
+def _pairs_table(n: int) -> pa.Table:
+    return pa.table({"question_id": list(range(n)), "answer_id": [100 + i for i in range(n)],
+                     "answer_rank": [1] * n, "title": [f"t{i}" for i in range(n)],
+                     "question": [f"q é {i}" if i % 3 else "" for i in range(n)],
+                     "answer": [None if i % 4 == 0 else f"a\n{i}" for i in range(n)],
+                     "question_score": [i % 7 for i in range(n)], "answer_score": [None] + list(range(1, n))},
+                    schema=PAIR_SCHEMA)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 50])
+def test_shard_positions_flag_exactly_the_rows_that_differ(tmp_path, monkeypatch, batch_rows):
+    """The shard check hashes every row of train and of the shards: equal rows hash equal whatever
+    the batch they are read in, and a change to any one value (a null for an empty text or a 0
+    included), or values swapped between columns, makes its row differ."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "split").mkdir(parents=True)
+    train = _pairs_table(12)
+    pq.write_table(train, "data/split/train.parquet")
+    rows = train.to_pylist()
+    changed = {1: ("question", None), 4: ("answer", ""), 6: ("answer_score", 0), 8: ("title", "t8 "),
+               10: ("answer_rank", 2)}
+    for i, (col, value) in changed.items():
+        assert rows[i][col] != value
+        rows[i][col] = value
+    rows[2]["title"], rows[2]["question"] = rows[2]["question"], rows[2]["title"]   # the same values, moved
+    changed[2] = None
+    out = tmp_path / "shards"
+    out.mkdir()
+    shards = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+    pq.write_table(shards.slice(0, 5), out / "train-00000.parquet")
+    pq.write_table(shards.slice(5), out / "train-00001.parquet", row_group_size=2)
+    params = {"ingest": {"batch_rows": batch_rows}, "shard": {"size": 5}}
+    frames = dict(((t, s), df) for t, s, df in quality.stage_frames("shard", out, params))
+    pos = frames[("positions", "keys")]
+    differ = pos["train_row_hash"] != pos["shard_row_hash"]
+    assert pos["answer_id"].tolist() == [100 + i for i in range(12)]
+    assert sorted(pos.index[differ].tolist()) == sorted(changed)
+    if batch_rows == 1:     # the same rows hash the same read one by one or all at once
+        at_once = {**params, "ingest": {"batch_rows": 50}}
+        whole = dict(((t, s), df) for t, s, df in quality.stage_frames("shard", out, at_once))
+        assert whole[("positions", "keys")]["train_row_hash"].tolist() == pos["train_row_hash"].tolist()
+
+
 CODE_BODY = "Use this:\n\n```\n<div class=\"x\">&amp;</div>\n```\n\nor `List<int>` and `&lt;`."
 # (stage, clean frames, violating frames, failing check, failed rows, example ids)
 CASES = [

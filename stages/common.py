@@ -7,6 +7,7 @@ reads params, writes outputs and accounts for rows the same way.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
@@ -442,6 +443,26 @@ class Ledger:
         _remove(self._reject_tmp)
 
 
+# ----------------------------------------------------------------------------- memory
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the kernel at once.
+
+    By default glibc serves every block of 128 KB or more with a fresh mmap, unmapped again on
+    free, and trims the heap whenever 128 KB lie free at its top. A stage allocates its batches'
+    buffers over and over, so every page was faulted in anew: 2M page faults and 9 s of system
+    time in strip_html's main process at Kaggle size. Blocks under 32 MB now come from the heap,
+    and up to 1 GB may lie free there: 7x fewer faults, about 8% less CPU for the stage, the same
+    peak RSS (bench/results/README.md). Forked workers inherit it. Returns whether both settings
+    took; where the C library is not glibc nothing changes.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3        # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 # ----------------------------------------------------------------------------- running a stage
 def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Path]]) -> None:
     """Run a stage entry point: params in, ledger, checks, atomic commit, funnel line out.
@@ -453,6 +474,7 @@ def stage_main(stage: str, body: Callable[[dict[str, Any], Ledger], dict[str, Pa
 
     from stages import report_cli  # rich printing, kept out of the transforms
 
+    keep_freed_memory()
     params = load_params()
     from stages import gx_server
 

@@ -227,7 +227,9 @@ def serve(root: Path, sock_path: Path) -> None:
     except OSError:
         return                          # another server for this key won the race
     sys.path.insert(0, str(root))
-    from stages import quality
+    from stages import common, quality
+
+    common.keep_freed_memory()          # its validation children read every output (see common)
 
     quality._gx()                       # the point of it all: GX imported before any request
     with contextlib.suppress(FileNotFoundError):

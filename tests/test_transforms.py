@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -334,3 +337,30 @@ def test_strip_batch_control_scan_matches_the_python_regex() -> None:
     texts = [chr(c) for c in range(0x100)] + ["a\x00b", "é\x1bx", "tab\tnl\ncr\r", "\u2028", "", "\U0001f600\x7f"]
     scanned = pc.match_substring_regex(pa.array(texts), strip_html.HAS_CONTROL.pattern).to_pylist()
     assert scanned == [strip_html.HAS_CONTROL.search(t) is not None for t in texts]
+
+
+_FAULTS_SCRIPT = """
+import random, resource, sys
+from stages.common import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+rng = random.Random(0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+held = []
+for _ in range(300):                 # batch-sized buffers, a few alive at once, as in a stage
+    held.append(bytearray(rng.randrange(1 << 18, 24 << 20)))
+    if len(held) > 3:
+        held.pop(0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
+def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in_again():
+    """stage_main's malloc settings: freed buffers are reused, not unmapped and faulted in anew."""
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1])
+        return int(out.stdout)
+    default, kept = faults("default"), faults("keep")
+    assert kept * 3 < default, (kept, default)

@@ -10,7 +10,7 @@ import codecs
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -99,14 +99,19 @@ def _parse_int(values: pa.Array | list[str | None]) -> pa.Array:
     return pa.array(ints, pa.int64())
 
 
+def _confirm(values: pa.Array, candidates: np.ndarray, rule: Callable[[str | None], bool]) -> np.ndarray:
+    """The candidate rows (a mask the vectorised regex could not settle) for which `rule` holds:
+    the Python rule runs on those rows only."""
+    rows = np.flatnonzero(candidates)
+    if len(rows):
+        candidates[rows] = [rule(v) for v in values.take(pa.array(rows)).to_pylist()]
+    return candidates
+
+
 def _blank(values: pa.Array) -> np.ndarray:
     """Rows that are null, empty or only whitespace (str.isspace)."""
-    blank = ~_mask(pc.match_substring_regex(values, _HAS_VISIBLE_ASCII))
-    maybe = np.flatnonzero(blank)
-    if len(maybe):
-        texts = values.take(pa.array(maybe)).to_pylist()
-        blank[maybe] = [t is None or not t or t.isspace() for t in texts]
-    return blank
+    return _confirm(values, ~_mask(pc.match_substring_regex(values, _HAS_VISIBLE_ASCII)),
+                    lambda t: t is None or not t or t.isspace())
 
 
 def _parse_dates(values: pa.Array | list[str | None]) -> pa.Array | list[Any]:
@@ -144,10 +149,8 @@ def type_batch(table: str, raw: dict[str, pa.Array | list[str | None]]) -> Batch
     scores = _parse_int(cols["Score"])
     # An owner is absent when null, empty or "NA"; a present one that is no integer is unreadable.
     owner_raw = cols["OwnerUserId"]
-    absent = ~_mask(pc.match_substring_regex(owner_raw, _PLAIN_INT))
-    maybe = np.flatnonzero(absent)
-    if len(maybe):
-        absent[maybe] = [o is None or o.strip() in ("", "NA") for o in owner_raw.take(pa.array(maybe)).to_pylist()]
+    absent = _confirm(owner_raw, ~_mask(pc.match_substring_regex(owner_raw, _PLAIN_INT)),
+                      lambda o: o is None or o.strip() in ("", "NA"))
     owner_ids = _parse_int(pc.if_else(pa.array(absent), pa.scalar(None, pa.string()), owner_raw))
     parents = _parse_int(cols["ParentId"]) if table == "answers" else None
     dates = _parse_dates(cols["CreationDate"])

@@ -1,6 +1,6 @@
 """Generation throughput of the evaluate stage's code path: generated tokens/s.
 
-Runs stages.evaluate.generate_ids (length-sorted batches, one `generate` call per batch, bf16 on
+Runs stages.model.evaluate.generate_ids (length-sorted batches, one `generate` call per batch, bf16 on
 CUDA, float32 on CPU) on either
 - a trained model folder (default models/qa-t5) with real test questions, cycled to --questions; or
 - a randomly initialised preset shape (--preset tiny | t5-small | t5-base, FLAN-T5 shapes) with
@@ -24,14 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as in stages/evaluate.py, before torch is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as in stages/model/evaluate.py, before torch is imported
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET_QUESTIONS, TARGET_TOKENS, TARGET_SECONDS = 2000, 256, 60.0
 
 
 def _params_generate() -> dict:
-    from stages.common import load_params
+    from stages.core.params import load_params
 
     return dict((load_params().get("generate") or {})) if Path("params.yaml").is_file() else {}
 
@@ -39,7 +39,7 @@ def _params_generate() -> dict:
 def _inputs_from_model(tokenizer, n: int, max_source: int, include_body: bool) -> list[list[int]]:
     import pandas as pd
 
-    from stages.prompt import format_source
+    from stages.model.prompt import format_source
 
     test = Path("data/split/test.parquet")
     if not test.is_file():
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from stages import evaluate as ev
+    from stages.model import evaluate as ev
 
     device, dtype = ev.model_device()
     cuda = device.type == "cuda"
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.setdefault("max_new_tokens", TARGET_TOKENS)
 
     if args.preset:
-        from stages.modeling import t5_config
+        from stages.model.modeling import t5_config
         from transformers import T5ForConditionalGeneration
 
         torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Training throughput of the train stage's setup: tokens/s and, on a GPU, model FLOP utilisation.
 
-Runs the same Trainer configuration as stages/train.py (training_arguments, the batch collator,
+Runs the same Trainer configuration as stages/model/train.py (training_arguments, the batch collator,
 bf16 autocast on CUDA, float32 on CPU) on synthetic batches at fixed lengths: by default the
 seed's lengths (512 source, 256 target tokens, no padding: the worst case) and the `t5-base`
 shape on a GPU, the `tiny` shape on CPU. Prints tokens/s, pairs/s, the projected time of one
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as in stages/train.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as in stages/model/train.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Dense bf16 peaks (FLOP/s, no sparsity) by device-name fragment; first match wins.
@@ -48,8 +48,8 @@ def main() -> int:
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from stages.modeling import detect_device, t5_config
-    from stages.train import BatchCollator, Schedule, ScheduleDataset, TrainConfig, training_arguments
+    from stages.model.modeling import detect_device, t5_config
+    from stages.model.train import BatchCollator, Schedule, ScheduleDataset, TrainConfig, training_arguments
 
     device = detect_device()
     gpu = device.kind == "cuda"

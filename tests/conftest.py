@@ -18,7 +18,7 @@ VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# Every test project starts its own GX server (stages/gx_server.py); let them go soon after.
+# Every test project starts its own GX preloader (stages/core/gx_preload.py); let them go soon after.
 os.environ.setdefault("SOQA_GX_SERVER_IDLE", "5")
 
 # Generated pipeline outputs are not part of a fresh copy: each test rebuilds what it needs.

@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from stages.prompt import format_source
+from stages.model.prompt import format_source
 
 # Question -> answer, in the markdown-ish form of the curated data (fenced code, `inline` code).
 PAIRS: dict[str, str] = {
@@ -44,7 +44,7 @@ def build_tiny_t5(dest: Path, pairs: dict[str, str] | None = None, steps: int = 
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from stages.tokenizer import learn_tokenizer, to_transformers
+    from stages.model.tokenizer import learn_tokenizer, to_transformers
 
     pairs = dict(PAIRS if pairs is None else pairs)
     sources = [format_source(q, None, include_body=False) for q in pairs]

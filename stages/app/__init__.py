@@ -1,0 +1,1 @@
+"""What users run: the `soqa` command line, asking the model, the funnel and the quality report."""

@@ -1,0 +1,2 @@
+"""The data stages, raw -> shards, one module (or small package) each: its transform, its
+declaration (core.runner) and its expectations (core.gate)."""

@@ -1,1 +1,0 @@
-"""Local `evaluate` metric modules (loaded by path: no hub access at run time)."""

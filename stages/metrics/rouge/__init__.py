@@ -1,1 +1,0 @@
-"""ROUGE as a local `evaluate` module: `evaluate.load("stages/metrics/rouge")`."""

@@ -1,0 +1,1 @@
+"""The trained model: tokenizer, training, evaluation, and the prompt they share."""

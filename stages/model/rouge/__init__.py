@@ -1,0 +1,1 @@
+"""ROUGE as a local `evaluate` module: `evaluate.load("stages/model/rouge")`."""

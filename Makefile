@@ -11,7 +11,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install repro test funnel clean
+.PHONY: install repro test funnel clean clean-cache
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,17 @@ test: install
 
 funnel: install
 	PATH="$(BIN):$$PATH" soqa funnel
+
+# What the pipeline and the tests generate: pipeline outputs (rebuilt by `make repro`, from the DVC
+# cache in seconds), reports, failed-gate pages, plots, caches of pytest and hypothesis. The venv
+# and the DVC cache (.dvc/cache, which lets repro restore outputs) stay: `make clean-cache` empties it.
+GENERATED := data/raw data/stripped data/utf8 data/filtered data/top2 data/split data/shards \
+             data/rejects/*.parquet data/tokenizer data/eval models/qa-t5 models/.checkpoints \
+             reports gx/uncommitted dvc_plots .pytest_cache .hypothesis build
+clean:
+	rm -rf $(GENERATED)
+	find stages tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-cache:
+	@echo "removing the DVC cache (.dvc/cache): the next repro recomputes every stage"
+	rm -rf .dvc/cache

@@ -201,14 +201,15 @@ def validate(module: str, params: dict[str, Any], out: Path, workers: int) -> No
 def _handle(conn: socket.socket) -> None:
     """In a forked child: one request, one reply."""
     from stages.core import gate
-    from stages.core.executors import make_executor
+    from stages.core.executors import InProcess, make_executor
 
     try:
         req = _recv(conn)
         os.chdir(req["cwd"])
-        executor = make_executor(int(req["workers"]))
+        stage = importlib.import_module(req["module"]).STAGE
+        executor = make_executor(int(req["workers"])) if stage.suite.row_tables else InProcess()
         try:
-            gate.validate(importlib.import_module(req["module"]).STAGE, req["params"], Path(req["out"]), executor)
+            gate.validate(stage, req["params"], Path(req["out"]), executor)
         finally:
             executor.close()
         reply = {"status": "ok"}

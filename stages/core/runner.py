@@ -209,8 +209,9 @@ def _run_table(stage: TableStage, options: Any, ledger: Ledger, out: Path, runti
 
 
 # ----------------------------------------------------------------------------- the runner
-def run_gate(stage: Stage, params: dict[str, Any], out: Path, runtime: Runtime, executor: Executor) -> None:
-    """The quality gate on the temporary output: in the GX preloader when it answers, else here."""
+def run_gate(stage: Stage, params: dict[str, Any], out: Path, runtime: Runtime) -> None:
+    """The quality gate on the temporary output: in the GX preloader when it answers, else here
+    (row checks on a pool of runtime.workers processes)."""
     from stages.core import gx_preload
 
     if gx_preload.enabled(runtime.gx_preload):
@@ -219,14 +220,11 @@ def run_gate(stage: Stage, params: dict[str, Any], out: Path, runtime: Runtime, 
             return
         except gx_preload.ServerUnavailable as exc:       # never skip the gate: validate here
             print(f"{stage.name}: GX preloader unavailable ({exc}); validating in this process", file=sys.stderr)
-    if not stage.suite.row_tables or executor.workers == runtime.workers:
-        validate(stage, params, out, executor)
-        return
-    pool = make_executor(runtime.workers)     # row checks use every worker even where the transform did not
+    executor = make_executor(runtime.workers) if stage.suite.row_tables else InProcess()
     try:
-        validate(stage, params, out, pool)
+        validate(stage, params, out, executor)
     finally:
-        pool.close()
+        executor.close()
 
 
 def execute(stage: Stage, all_params: dict[str, Any]) -> dict[str, Any]:
@@ -244,25 +242,27 @@ def execute(stage: Stage, all_params: dict[str, Any]) -> dict[str, Any]:
     tmp = tmp_sibling(final)
     ledger = Ledger(stage.name)
     ledger.extra.update({key.rpartition(".")[2]: param(params, key) for key in stage.audit})
-    # The executor forks first: no sink thread exists yet to be copied mid-lock.
-    executor = InProcess() if not isinstance(stage, MapStage) or stage.in_process else make_executor(runtime.workers)
     try:
         if isinstance(stage, MapStage):
-            _run_map(stage, options, ledger, tmp, executor)
+            # The executor forks first: no sink thread exists yet to be copied mid-lock. Closed
+            # before the gate: idle workers would hold their memory while it runs.
+            executor = InProcess() if stage.in_process else make_executor(runtime.workers)
+            try:
+                _run_map(stage, options, ledger, tmp, executor)
+            finally:
+                executor.close()
         elif isinstance(stage, StreamStage):
             _run_stream(stage, options, ledger, tmp, runtime)
         else:
             _run_table(stage, options, ledger, tmp, runtime)
         ledger.check()
-        run_gate(stage, params, tmp, runtime, executor)
+        run_gate(stage, params, tmp, runtime)
         commit_path(tmp, final)
         return ledger.finish()
     except BaseException:
         ledger.abort()
         clean_stale_tmp(DATA, Path("models"))
         raise
-    finally:
-        executor.close()
 
 
 def run(stage: Stage) -> None:

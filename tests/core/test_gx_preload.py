@@ -14,7 +14,6 @@ import pytest
 
 from stages.core import gate, gx_preload, runner
 from stages.core.errors import StageError
-from stages.core.executors import InProcess
 from stages.core.params import Runtime, load_params
 from stages.curate import ingest
 from test_gate import write_raw
@@ -86,7 +85,7 @@ def test_a_server_that_cannot_start_never_skips_the_gate(tmp_path, monkeypatch, 
         gx_preload.validate(MODULE, params, tmp_out, 1)
     # The stage's gate falls back to validating in its own process, and still fails the bad data.
     with pytest.raises(StageError, match="expect_column_values_to_be_unique on questions.id"):
-        runner.run_gate(ingest.STAGE, params, tmp_out, Runtime(workers=1), InProcess())
+        runner.run_gate(ingest.STAGE, params, tmp_out, Runtime(workers=1))
     assert "GX preloader unavailable" in capsys.readouterr().err
 
 
@@ -119,7 +118,7 @@ def test_disabled_server_validates_in_process(tmp_path, monkeypatch, params):
     monkeypatch.setattr(gx_preload, "validate", lambda *a, **k: pytest.fail("the server was asked"))
     tmp_out = Path("data/.raw.tmp-1")
     write_raw(tmp_out, [5, 6, 7])
-    runner.run_gate(ingest.STAGE, params, tmp_out, Runtime(workers=1), InProcess())
+    runner.run_gate(ingest.STAGE, params, tmp_out, Runtime(workers=1))
     assert json.loads(Path("metrics/quality/ingest.json").read_text(encoding="utf-8"))["success"]
     assert os.environ["SOQA_GX_SERVER"] == "0"
 

@@ -77,7 +77,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.exists():
-        pytest.skip("../shared is not beside the repo")
+        pytest.skip(f"needs the shared real data at {SHARED}: put that folder beside the repository to run this test")
     return SHARED
 
 

@@ -37,7 +37,7 @@ params = declared(load_params(), STAGE.params)   # only what the stage may read,
 t1 = time.perf_counter()
 import_gx()                        # import GX and build the ephemeral context, as a stage's gate does
 t2 = time.perf_counter()
-report = run_suite(STAGE.module, STAGE.name, STAGE.suite, params, Path(STAGE.writes))
+report = run_suite(STAGE, params, Path(STAGE.writes))
 t3 = time.perf_counter()
 print(json.dumps({"stage": stage, "output": STAGE.writes, "gx_startup_s": round(t2 - t1, 3),
                   "validate_s": round(t3 - t2, 3),

@@ -312,16 +312,17 @@ def row_units(module: str, suite: Suite, params: dict[str, Any], out: Path) -> l
     return units
 
 
-def run_suite(module: str, stage: str, suite: Suite, params: dict[str, Any], out: Path,
-              executor: Executor | None = None) -> dict[str, Any]:
-    """The stage's whole suite over its output folder `out`: whole-output frames here, row
-    checks unit by unit through `executor` (default: in this process, the reference)."""
+def run_suite(stage_def: Any, params: dict[str, Any], out: Path, executor: Executor | None = None) -> dict[str, Any]:
+    """A stage's (core.runner.Stage: its name, module and suite) whole suite over its output
+    folder `out`: whole-output frames here, row checks unit by unit through `executor` (default:
+    in this process, the reference)."""
+    suite = stage_def.suite
     if not suite.row_tables:
-        return run_frames(stage, suite, params, suite.frames(out, params))
+        return run_frames(stage_def.name, suite, params, suite.frames(out, params))
     tallies = _tallies(suite, params, {})
-    units = row_units(module, suite, params, out)
+    units = row_units(stage_def.module, suite, params, out)
     verdicts = (executor or InProcess()).map(validate_unit, units)
-    return _report(stage, tallies, verdicts)
+    return _report(stage_def.name, tallies, verdicts)
 
 
 # ----------------------------------------------------------------------------- the gate
@@ -377,7 +378,7 @@ def validate(stage_def: Any, params: dict[str, Any], out: Path, executor: Execut
     """The gate for a stage (core.runner.Stage: its name, module and suite) over its temporary
     output folder `out`: StageError on any failure (details in gx/uncommitted/failures), else
     metrics/quality/<stage>.json is written."""
-    report = run_suite(stage_def.module, stage_def.name, stage_def.suite, params, out, executor)
+    report = run_suite(stage_def, params, out, executor)
     if not report["success"]:
         raise StageError(failure_message(report, stage_def.suite.ids, write_failure(report)))
     write_json(QUALITY / f"{stage_def.name}.json", report)

@@ -29,6 +29,11 @@ class Result:
     rejected: pd.DataFrame = field(default_factory=empty_rejects)   # core.schemas.rejects(...)
     repaired: Counter = field(default_factory=Counter)             # rows kept after a repair, by kind
 
+    @classmethod
+    def rejected_only(cls, rejected: pd.DataFrame) -> "Result":
+        """Rows rejected, none kept."""
+        return cls(kept=pa.table({}), rejected=rejected)
+
     @property
     def kept_rows(self) -> int:
         return self.kept.num_rows if isinstance(self.kept, (pa.Table, pa.RecordBatch)) else len(self.kept)

@@ -364,11 +364,11 @@ class Ingester:
         cols = {c: as_strings(v) for c, v in cols.items()}
         out: list[tuple[str, Result]] = []
         if bad_rows:
-            out.append((table, _nothing_kept(rejects(table, [None] * len(bad_rows), ["malformed_csv_row"] * len(bad_rows),
+            out.append((table, Result.rejected_only(rejects(table, [None] * len(bad_rows), ["malformed_csv_row"] * len(bad_rows),
                                                      bad_rows, [None] * len(bad_rows)))))
         if table == "other_posts":
             n = len(cols["Id"])
-            out.append((table, _nothing_kept(rejects(table, _parse_int(cols["Id"]).to_pylist(),
+            out.append((table, Result.rejected_only(rejects(table, _parse_int(cols["Id"]).to_pylist(),
                                                      ["not_question_or_answer"] * n,
                                                      [f"PostTypeId={t}" for t in cols["PostTypeId"].to_pylist()],
                                                      cols["Id"].to_pylist()))))
@@ -395,7 +395,7 @@ class Ingester:
                 self.pending.append(kept[~has_parent])   # its question may still come (XML order)
             kept = kept[has_parent]
         out.append((table, Result(kept=kept.reset_index(drop=True), rejected=res.rejected, repaired=res.repaired)))
-        out += [(table, _nothing_kept(r)) for r in later]
+        out += [(table, Result.rejected_only(r)) for r in later]
         return out
 
     def _first_occurrences(self, table: str, cols: dict[str, pa.Array]) -> tuple[dict[str, pa.Array], list[int]]:
@@ -432,10 +432,6 @@ class Ingester:
         has_parent = _member(pend["parent_id"], self.kept_questions)
         return [("answers", Result(kept=pend[has_parent].reset_index(drop=True),
                                    rejected=self._orphan_rejects(pend[~has_parent])))]
-
-
-def _nothing_kept(rejected: pd.DataFrame) -> Result:
-    return Result(kept=pd.DataFrame(), rejected=rejected)
 
 
 def read(source: Path, runtime: Runtime) -> Iterator[Raw]:

@@ -76,7 +76,7 @@ def build(ctx: TableContext) -> Iterator[tuple[str, Result]]:
     light = to_frame(pq.read_table(SOURCE / "answers.parquet", columns=["id", "parent_id", "score"]))
     ranked = rank_answers(light, set(qids.tolist()), k)
     del light
-    yield "answers", Result(kept=ranked.kept.iloc[:0], rejected=ranked.rejected)
+    yield "answers", Result.rejected_only(ranked.rejected)
     top = ranked.kept
     # Pair order: questions as they stand in their file, then by rank.
     q_pos = pd.Index(qids).get_indexer(top["parent_id"].to_numpy("int64"))
@@ -109,7 +109,7 @@ def build(ctx: TableContext) -> Iterator[tuple[str, Result]]:
         lone_questions.append(rejects("questions", lone, ["no_answer_kept"] * len(lone)))
         start, offset = stop, offset + n
     for r in lone_questions:
-        yield "questions", Result(kept=pa.table({}), rejected=r)
+        yield "questions", Result.rejected_only(r)
     ctx.extra.update(pairs=sink.rows, k=k)
 
 

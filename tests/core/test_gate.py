@@ -66,7 +66,7 @@ def _write_rows(path: Path, schema: pa.Schema, frame: pd.DataFrame, group_rows: 
 def _run_on_workers(stage, params: dict, out: Path, workers: int) -> dict:
     pool = ProcessPool(workers)
     try:
-        return gate.run_suite(stage.module, stage.name, stage.suite, params, out, pool)
+        return gate.run_suite(stage, params, out, pool)
     finally:
         pool.close()
 
@@ -92,14 +92,14 @@ def test_text_checks_on_workers_report_what_one_process_reports(tmp_path, params
     out.mkdir()
     _write_rows(out / "questions.parquet", QUESTION_SCHEMA, q, 7)
     _write_rows(out / "answers.parquet", ANSWER_SCHEMA, a, 13)
-    serial = gate.run_suite(stage_def.module, stage, stage_def.suite, params, out)      # in this process
+    serial = gate.run_suite(stage_def, params, out)      # in this process
     assert not serial["success"] and serial["rows_checked"] == {"questions": n_q, "answers": n}
     assert _run_on_workers(stage_def, params, out, workers) == serial
 
     # An empty table is still checked (zero rows) and reported the same way.
     _write_rows(out / "questions.parquet", QUESTION_SCHEMA, q.iloc[:0], 7)
     assert _run_on_workers(stage_def, params, out, workers) == \
-        gate.run_suite(stage_def.module, stage, stage_def.suite, params, out)
+        gate.run_suite(stage_def, params, out)
 
 
 # ----------------------------------------------------------------------------- the gate on files

@@ -166,34 +166,34 @@ class Builder:
 
 # ----------------------------------------------------------------------------- engines
 # What both walks do with an element, by tag name (lower case); a name not here is inline.
-SKIP, PRE, CODE, BR, ITEM, LI, CELL, BLOCK = range(8)
-TAG_KIND = {**{t: SKIP for t in (*SKIP_TAGS, "img")}, "pre": PRE, "code": CODE, "br": BR,
-             **{t: ITEM for t in LINE_TAGS - {"li"}}, "li": LI, "td": CELL, "th": CELL,
-             **{t: BLOCK for t in BLOCK_TAGS}}
+_SKIP, _PRE, _CODE, _BR, _ITEM, _LI, _CELL, _BLOCK = range(8)
+TAG_KIND = {**{t: _SKIP for t in (*SKIP_TAGS, "img")}, "pre": _PRE, "code": _CODE, "br": _BR,
+             **{t: _ITEM for t in LINE_TAGS - {"li"}}, "li": _LI, "td": _CELL, "th": _CELL,
+             **{t: _BLOCK for t in BLOCK_TAGS}}
 
 
 def visit(b: Builder, kind: int, node: Any, walk: Callable[[Any, Builder], None], code_text: Callable[[Any], str],
           pre_text: Callable[[Any], str]) -> None:
     """What an element of a known kind (TAG_KIND) does, the same for every engine: walk(node, b)
     visits its children, code_text and pre_text read an inline <code>'s and a <pre>'s text."""
-    if kind == CODE:
+    if kind == _CODE:
         b.code_inline(code_text(node))
-    elif kind == PRE:
+    elif kind == _PRE:
         b.code_block(pre_text(node))
-    elif kind == BLOCK:
+    elif kind == _BLOCK:
         b.flush()
         walk(node, b)
         b.flush()
-    elif kind == LI or kind == ITEM:
-        b.start_item("- " if kind == LI else "")
+    elif kind == _LI or kind == _ITEM:
+        b.start_item("- " if kind == _LI else "")
         walk(node, b)
         b.flush()
-    elif kind == BR:
+    elif kind == _BR:
         b.flush()
-    elif kind == CELL:
+    elif kind == _CELL:
         walk(node, b)
         b.text(" | ")
-    # SKIP: nothing
+    # _SKIP: nothing
 
 
 def _get_text(node: Any) -> str:

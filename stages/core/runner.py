@@ -81,6 +81,8 @@ class Raw:
 
 
 class Decider(Protocol):
+    """Optionally also `extra`: a dict of audit facts, read after finish()."""
+
     def feed(self, raw: Raw) -> Iterable[tuple[str, Result]]: ...
 
     def finish(self) -> Iterable[tuple[str, Result]]: ...
@@ -188,6 +190,7 @@ def _run_stream(stage: StreamStage, options: Any, ledger: Ledger, out: Path, run
                 book(decider.feed(raw))
                 advance(raw.rows)
             book(decider.finish())
+        ledger.extra.update(getattr(decider, "extra", {}))
     finally:
         for s in sinks.values():
             s.close()

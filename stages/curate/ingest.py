@@ -1,17 +1,24 @@
-"""Stage 1, ingest: Kaggle CSVs or a Stack Exchange Posts.xml -> typed data/raw/{questions,answers}.parquet.
+"""Stage 1, ingest: a source as users have it -> typed data/raw/{questions,answers}.parquet.
+
+Sources (stages/curate/sources.py recognises them and reads each format): a Kaggle folder or zip,
+a Stack Exchange Posts.xml (plain, .gz, .bz2), or one posts file (.csv, .jsonl, .parquet). Every
+layout hands its values on as text under the Kaggle column names; `type_batch` reads them one
+way for all: integral floats are integers (pandas re-saves ids as 123.0), NA/nan/null/empty are
+missing, the date forms tools write, surrounding whitespace.
 
 A stream stage (core.runner.StreamStage): one pass over the source, where a row's fate may
 depend on rows read earlier (duplicate ids) or later (an answer before its question in XML).
 
 Unreadable rows (bad id, missing or non-numeric score, duplicate id, empty body, orphan answer)
 are rejected with a reason; invalid UTF-8 is repaired per row, never by decoding a whole file
-as latin-1 (which turns every valid é into Ã©).
+as latin-1 (which turns every valid é into Ã©). With ingest.tags, questions without a listed tag
+and their answers are rejected tag_not_selected.
 """
 from __future__ import annotations
 
-import codecs
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,49 +34,15 @@ from stages.core.ledger import Result
 from stages.core.params import Runtime
 from stages.core.runner import Raw, StreamStage, run
 from stages.core.schemas import ANSWER_SCHEMA, QUESTION_SCHEMA, empty_rejects, rejects, to_frame
+from stages.curate.sources import (CSV_FILES, KAGGLE_COLUMNS, KNOWN, NULL_TOKENS, Source, decode_column, decode_row,
+                                   detect, kaggle_tables, posts_tables, read_kaggle_csv, read_posts_xml,
+                                   tagged_question_ids)
 
-KAGGLE_COLUMNS = {
-    "questions": ["Id", "OwnerUserId", "CreationDate", "Score", "Title", "Body"],
-    "answers": ["Id", "OwnerUserId", "CreationDate", "ParentId", "Score", "Body"],
-}
-CSV_FILES = {"questions": "Questions.csv", "answers": "Answers.csv"}
-_INT = re.compile(r"^\s*[+-]?\d{1,18}\s*$")
-_DATE_FORMATS = ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+__all__ = ["CSV_FILES", "KAGGLE_COLUMNS", "decode_column", "decode_row", "read_kaggle_csv", "read_posts_xml",
+           "type_batch", "Ingester", "STAGE"]
 
-
-# ----------------------------------------------------------------------------- per-row UTF-8 repair
-def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
-    # Invalid bytes in a mostly-UTF-8 row are almost always Windows-1252 text pasted in:
-    # decode just those bytes that way and keep the row's valid UTF-8 as it is.
-    bad = err.object[err.start:err.end]
-    return bad.decode("cp1252", errors="replace").replace("\ufffd", ""), err.end
-
-
-codecs.register_error("soqa_cp1252", _cp1252_fallback)
-
-
-def decode_row(raw: bytes) -> tuple[str, bool]:
-    """Decode one field as UTF-8; on invalid bytes decode only those as cp1252. Returns (text, repaired)."""
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="soqa_cp1252"), True
-
-
-def decode_column(col: pa.Array) -> tuple[pa.Array, int]:
-    """Binary column -> an Arrow string column; fast path when the whole batch is valid UTF-8."""
-    try:
-        return pc.cast(col, pa.string()), 0
-    except pa.ArrowInvalid:
-        out, repaired = [], 0
-        for raw in col.to_pylist():
-            if raw is None:
-                out.append(None)
-                continue
-            text, fixed = decode_row(raw)
-            repaired += fixed
-            out.append(text)
-        return pa.array(out, pa.string()), repaired
+_INT = re.compile(r"^\s*[+-]?\d{1,18}(\.0*)?\s*$")     # an integer, or a float that is one (123.0)
+_NULLS = frozenset(NULL_TOKENS)
 
 
 # ----------------------------------------------------------------------------- typing one batch
@@ -90,11 +63,14 @@ def _mask(arr: pa.Array) -> np.ndarray:
 
 
 def _parse_int_one(v: str | None) -> int | None:
-    return int(v) if v is not None and ((v.isascii() and v.isdigit() and len(v) <= 18) or _INT.match(v)) else None
+    if v is None or not (_INT.match(v) or (v.isascii() and v.isdigit() and len(v) <= 18)):
+        return None
+    return int(v.strip().split(".", 1)[0])
 
 
 def _parse_int(values: pa.Array | list[str | None]) -> pa.Array:
-    """Strings -> int64, null where a value is not an integer (surrounding spaces and a sign allowed)."""
+    """Strings -> int64, null where a value is not an integer (surrounding spaces, a sign and an
+    integral float's .0 allowed)."""
     arr = as_strings(values)
     plain = _mask(pc.match_substring_regex(arr, _PLAIN_INT))
     out = pc.cast(pc.if_else(pa.array(plain), arr, pa.scalar(None, pa.string())), pa.int64())
@@ -122,20 +98,48 @@ def _blank(values: pa.Array) -> np.ndarray:
                     lambda t: t is None or not t or t.isspace())
 
 
-def _parse_dates(values: pa.Array | list[str | None]) -> pa.Array | list[Any]:
-    """Arrow timestamps (one format for the whole batch), or Python datetimes row by row (mixed formats)."""
+def is_missing(v: str | None) -> bool:
+    """A value as tools write a missing one: null, empty, NA, nan, null, None (any case, spaces around)."""
+    return v is None or v.strip().lower() in _NULLS
+
+
+def _missing(values: pa.Array) -> np.ndarray:
+    """Rows holding a missing value (`is_missing`); a value with a digit never is."""
+    return _confirm(values, ~_mask(pc.match_substring_regex(values, "[0-9]")), is_missing)
+
+
+# Every date form tools write, brought to one: 2008-08-01T13:57:07Z, ...07.123, 2008-08-01 13:57:07,
+# ... UTC, +00:00. Fractions of a second are dropped (outputs hold seconds).
+_DATE_FORM = (r"^\s*([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]*)?"
+              r"(Z| ?UTC|[+-]00:?00)?\s*$")
+
+
+def _parse_date_one(v: str) -> Any:
+    ts = pd.to_datetime(v.strip(), errors="coerce", utc=True)
+    return None if pd.isna(ts) else int(ts.value // 1_000_000_000)
+
+
+def _parse_dates(values: pa.Array | list[str | None]) -> tuple[pa.Array, np.ndarray]:
+    """Text -> UTC timestamps in seconds, and the rows whose date is present but unreadable.
+    The usual forms are parsed vectorised; anything else (another offset, a date alone) by pandas,
+    row by row."""
     arr = as_strings(values)
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)    # "" is a missing date
-    for fmt in _DATE_FORMATS:
-        parsed = pc.strptime(arr, format=fmt, unit="s", error_is_null=True)
-        if parsed.null_count == arr.null_count:
-            return parsed
-    # Mixed formats: row by row.
-    out = []
-    for v in arr.to_pylist():
-        ts = pd.to_datetime(v, errors="coerce", utc=True) if v else pd.NaT
-        out.append(None if pd.isna(ts) else ts.tz_localize(None).to_pydatetime())
-    return out
+    missing = _missing(arr)
+    norm = pc.replace_substring_regex(arr, _DATE_FORM, r"\1 \2")
+    parsed = pc.strptime(norm, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    # strptime rolls 2008-02-30 over into March: a date is read only if it writes back the same.
+    parsed = pc.if_else(pc.equal(pc.strftime(parsed, format="%Y-%m-%d %H:%M:%S"), norm), parsed,
+                        pa.scalar(None, parsed.type))
+    odd = np.flatnonzero(_mask(parsed.is_null()) & ~missing)
+    secs = pc.cast(parsed, pa.int64())
+    if len(odd):
+        fixed = secs.to_pylist()
+        for i, v in zip(odd.tolist(), arr.take(pa.array(odd)).to_pylist()):
+            fixed[i] = _parse_date_one(v)
+        secs = pa.array(fixed, pa.int64())
+    secs = pc.if_else(pa.array(missing), pa.scalar(None, pa.int64()), secs)
+    bad = _mask(secs.is_null()) & ~missing
+    return secs.cast(pa.timestamp("s")).cast(pa.timestamp("s", tz="UTC")), bad
 
 
 # First reason wins, in this order; the detail is the offending source value.
@@ -155,21 +159,19 @@ def type_batch(table: str, raw: dict[str, pa.Array | list[str | None]]) -> Resul
     n = len(cols["Id"])
     ids = _parse_int(cols["Id"])
     scores = _parse_int(cols["Score"])
-    # An owner is absent when null, empty or "NA"; a present one that is no integer is unreadable.
+    # An owner is absent when missing (NA, nan, ...); a present one that is no integer is unreadable.
     owner_raw = cols["OwnerUserId"]
-    absent = _confirm(owner_raw, ~_mask(pc.match_substring_regex(owner_raw, _PLAIN_INT)),
-                      lambda o: o is None or o.strip() in ("", "NA"))
+    absent = _missing(owner_raw)
     owner_ids = _parse_int(pc.if_else(pa.array(absent), pa.scalar(None, pa.string()), owner_raw))
     parents = _parse_int(cols["ParentId"]) if table == "answers" else None
-    dates = _parse_dates(cols["CreationDate"])
-    date_null = _mask(dates.is_null()) if isinstance(dates, pa.Array) else np.array([d is None for d in dates], bool)
+    dates, bad_date = _parse_dates(cols["CreationDate"])
 
     is_reason = {
         "bad_id": _mask(ids.is_null()),
-        "missing_score": _blank(cols["Score"]),
+        "missing_score": _missing(cols["Score"]),
         "non_numeric_score": _mask(scores.is_null()),
         "bad_parent_id": _mask(parents.is_null()) if parents is not None else None,
-        "bad_creation_date": date_null & _mask(pc.not_equal(cols["CreationDate"], "")),
+        "bad_creation_date": bad_date,
         "empty_body": _blank(cols["Body"]),
         "empty_title": _blank(cols["Title"]) if table == "questions" else None,
     }
@@ -192,8 +194,7 @@ def type_batch(table: str, raw: dict[str, pa.Array | list[str | None]]) -> Resul
         repaired["owner_unreadable"] = unreadable   # kept; owner set to null
 
     out = {"id": ids.take(keep), "owner_user_id": owner_ids.take(keep)}
-    out["creation_date"] = (pc.cast(dates.take(keep), pa.timestamp("s", tz="UTC")) if isinstance(dates, pa.Array)
-                            else pa.array([None] * len(keep), pa.timestamp("s", tz="UTC")))
+    out["creation_date"] = dates.take(keep)
     if table == "answers":
         out["parent_id"] = parents.take(keep)
     out["score"] = scores.take(keep)
@@ -201,140 +202,9 @@ def type_batch(table: str, raw: dict[str, pa.Array | list[str | None]]) -> Resul
         out["title"] = cols["Title"].take(keep)
     out["body"] = cols["Body"].take(keep)
     kept = to_frame(pa.table(out))
-    if not isinstance(dates, pa.Array):      # mixed formats: converted by pandas as before
-        kept["creation_date"] = pd.to_datetime(pd.Series([dates[i] for i in keep.to_pylist()], dtype="object"),
-                                               utc=True).astype("datetime64[s, UTC]")
     bad_ids = ids.take(pos).to_pylist()
     return Result(kept=kept, rejected=rejects(table, bad_ids, bad_reasons, details, source["Id"]),
                   repaired=repaired)
-
-
-# ----------------------------------------------------------------------------- readers
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise StageError(f"ingest: {path}: file not found")
-    if path.is_dir():
-        raise StageError(f"ingest: {path}: is a folder, expected a file")
-    if path.stat().st_size == 0:
-        raise StageError(f"ingest: {path}: file is empty")
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    # A few NULs inside a row's body are a repairable defect of that row; NULs in the header line,
-    # or bytes that are mostly NUL / not UTF-8, mean the file is not text (zip, image, UTF-16).
-    junk = head.count(b"\x00") + head.decode("utf-8", errors="replace").count("\ufffd")
-    if b"\x00" in head.split(b"\n", 1)[0] or junk > len(head) // 10:
-        raise StageError(f"ingest: {path}: looks like a binary file (NUL or non-UTF-8 bytes in its first 4 KB), "
-                         "not CSV/XML text")
-
-
-def _check_quotes_closed(path: Path, block_bytes: int = 16 << 20) -> None:
-    """A file cut inside a quoted field is truncated: pyarrow would silently keep the cut row as the last one.
-
-    Quoted fields hold their quotes in pairs ("" escapes one), so a whole file holds an even number.
-    """
-    quotes = 0
-    buf = bytearray(block_bytes)     # one buffer, refilled: a fresh bytes object per block costs more than the count
-    with open(path, "rb") as fh:
-        while n := fh.readinto(buf):
-            quotes += int(np.count_nonzero(np.frombuffer(buf, np.uint8, n) == ord('"')))
-    if quotes % 2:
-        raise StageError(f"ingest: {path}: truncated CSV: the file ends inside a quoted field "
-                         "(odd number of '\"' characters)")
-
-
-def read_kaggle_csv(path: Path, table: str, block_bytes: int = 16 << 20) -> Iterator[dict[str, Any]]:
-    """Stream a Kaggle CSV as batches of decoded Arrow string columns (multi-line quoted HTML, CRLF, NA owners)."""
-    import pyarrow.csv as pacsv
-
-    _check_readable(path)
-    with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8-sig", errors="replace").strip()
-    header = [h.strip().strip('"') for h in first.split(",")]
-    expected = KAGGLE_COLUMNS[table]
-    missing = [c for c in expected if c not in header]
-    if missing:
-        raise StageError(f"ingest: {path}: missing columns {missing} (found {header[:10]}); "
-                         f"expected the Kaggle schema {expected}")
-    _check_quotes_closed(path)
-    bad_rows: list[str] = []
-
-    def on_invalid(row: Any) -> str:
-        bad_rows.append(f"line {row.number}: {row.actual_columns} fields, expected {row.expected_columns}")
-        return "skip"
-
-    try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=block_bytes, use_threads=True),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.binary() for c in header}, include_columns=expected,
-                strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[]),
-        )
-        for batch in reader:
-            out: dict[str, Any] = {}
-            repaired = 0
-            for c in expected:
-                out[c], r = decode_column(batch.column(c))
-                repaired += r if c in ("Title", "Body") else 0
-            out["_repaired_utf8"] = [repaired]  # type: ignore[list-item]
-            out["_bad_rows"] = list(bad_rows)   # type: ignore[assignment]
-            bad_rows.clear()
-            yield out
-    except pa.ArrowInvalid as exc:
-        msg = str(exc).splitlines()[0]
-        if "quote" in msg.lower() or "end of file" in msg.lower() or "truncat" in msg.lower():
-            msg = f"truncated or malformed CSV ({msg})"
-        raise StageError(f"ingest: {path}: {msg}") from None
-    if bad_rows:
-        yield {c: [] for c in expected} | {"_repaired_utf8": [0], "_bad_rows": list(bad_rows)}  # type: ignore[dict-item]
-
-
-def read_posts_xml(path: Path, batch_rows: int) -> Iterator[tuple[str, dict[str, list[str | None]]]]:
-    """Stream a Stack Exchange Posts.xml (row elements) without building the tree.
-
-    defusedxml refuses DTD entity declarations and external references outright: a dump
-    never needs them, and they are the billion-laughs and XXE attacks.
-    """
-    from defusedxml import DefusedXmlException
-    from defusedxml.ElementTree import iterparse
-    import xml.etree.ElementTree as ET
-
-    _check_readable(path)
-    cols = {"questions": KAGGLE_COLUMNS["questions"], "answers": KAGGLE_COLUMNS["answers"]}
-    buf: dict[str, dict[str, list]] = {t: {c: [] for c in cs} for t, cs in cols.items()}
-    other = {"Id": [], "PostTypeId": []}
-    try:
-        it = iterparse(str(path), events=("end",), forbid_dtd=False, forbid_entities=True, forbid_external=True)
-        for _, el in it:
-            if el.tag != "row":
-                continue
-            a = el.attrib
-            kind = a.get("PostTypeId")
-            table = "questions" if kind == "1" else "answers" if kind == "2" else None
-            if table is None:
-                other["Id"].append(a.get("Id"))
-                other["PostTypeId"].append(kind)
-            else:
-                b = buf[table]
-                for c in cols[table]:
-                    b[c].append(a.get(c, ""))
-                if len(b["Id"]) >= batch_rows:
-                    yield table, b
-                    buf[table] = {c: [] for c in cols[table]}
-            el.clear()
-            if len(other["Id"]) >= batch_rows:
-                yield "other", other
-                other = {"Id": [], "PostTypeId": []}
-    except DefusedXmlException as exc:
-        raise StageError(f"ingest: {path}: refused unsafe XML ({type(exc).__name__}: {exc})") from None
-    except ET.ParseError as exc:
-        raise StageError(f"ingest: {path}: malformed or truncated XML ({exc})") from None
-    for table, b in buf.items():
-        if b["Id"]:
-            yield table, b
-    if other["Id"]:
-        yield "other", other
 
 
 # ----------------------------------------------------------------------------- stream-level checks
@@ -344,16 +214,49 @@ def _member(values: pd.Series, ids: set[int]) -> pd.Series:
     return pd.Series([v in ids for v in values.tolist()], index=values.index, dtype=bool)
 
 
-class Ingester:
-    """Decides each batch of source rows, with what it needs of the rows before: duplicate ids
-    and answers whose question is not (or not yet) kept."""
+def tag_list(text: str | None) -> list[str]:
+    """A post's tags, lower-cased, from the dump's <python><list> form or a list separated by
+    '|', ',', ';' or spaces (BigQuery writes python|list)."""
+    if not text:
+        return []
+    text = text.lower()
+    return re.findall(r"<([^<>]+)>", text) if "<" in text else [t for t in re.split(r"[\s|,;]+", text) if t]
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True)
+class IngestOptions:
+    source: Source
+    tags: frozenset[str]                 # keep questions carrying any of these (empty: keep all)
+    ignored: set[str]                    # source columns no stage reads, filled as they are met
+
+    @property
+    def tags_per_row(self) -> bool:
+        """The tags come with each question (a column or attribute), not from Kaggle's Tags.csv."""
+        return bool(self.tags) and self.source.layout not in ("kaggle_folder", "kaggle_zip")
+
+
+class Ingester:
+    """Decides each batch of source rows, with what it needs of the rows before: duplicate ids,
+    answers whose question is not (or not yet) kept, questions outside ingest.tags."""
+
+    def __init__(self, opts: IngestOptions | None = None) -> None:
+        self.opts = opts
         self.seen: dict[str, set[int]] = {"questions": set(), "answers": set()}
         self.kept_questions: set[int] = set()
         self.rejected_questions: set[int] = set()   # their answers are question_rejected, not orphans
+        self.unselected: set[int] = set()           # questions outside ingest.tags: their answers follow them
         self.questions_complete = False    # CSV: all questions are read before any answer
         self.pending: list[pd.DataFrame] = []     # XML: answers read before their question
+        self.tagged_ids: set[int] | None = None   # Kaggle: questions with a wanted tag, from Tags.csv
+        if opts is not None and opts.tags and not opts.tags_per_row:
+            self.tagged_ids = tagged_question_ids(opts.source, opts.tags, _parse_int)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Audit facts: the layout read and the source columns no stage reads."""
+        if self.opts is None:
+            return {}
+        return {"layout": self.opts.source.layout, "ignored_columns": sorted(self.opts.ignored)}
 
     def feed(self, raw: Raw) -> list[tuple[str, Result]]:
         table, cols = raw.table, dict(raw.data)
@@ -376,27 +279,55 @@ class Ingester:
         if len(cols["Id"]) == 0:
             return out
         cols, dup_ids = self._first_occurrences(table, cols)
-        res = type_batch(table, cols)
-        if repaired_utf8:
-            res.repaired["invalid_utf8"] += repaired_utf8
-        kept = res.kept
         later: list[pd.DataFrame] = []
         if dup_ids:
             later.append(rejects(table, dup_ids, ["duplicate_id"] * len(dup_ids),
                                  ["id seen earlier in the source"] * len(dup_ids)))
+        if table == "questions" and self.opts is not None and self.opts.tags:
+            cols, unselected = self._select_tags(cols)
+            out.append((table, Result.rejected_only(unselected)))
+        cols.pop("Tags", None)
+        res = type_batch(table, cols)
+        if repaired_utf8:
+            res.repaired["invalid_utf8"] += repaired_utf8
+        kept = res.kept
         if table == "questions":
             self.kept_questions.update(kept["id"].tolist())
             self.rejected_questions.update(i for i in res.rejected["id"].tolist() if not pd.isna(i))
         else:
             has_parent = _member(kept["parent_id"], self.kept_questions)
+            # An answer whose question was seen and not kept is decided now (the first occurrence of
+            # an id wins, so it never will be): only answers before their question wait.
+            decided = has_parent | _member(kept["parent_id"], self.seen["questions"])
             if self.questions_complete:
-                later.append(self._orphan_rejects(kept[~has_parent]))
-            elif (~has_parent).any():
-                self.pending.append(kept[~has_parent])   # its question may still come (XML order)
+                decided[:] = True
+            later.append(self._orphan_rejects(kept[decided & ~has_parent]))
+            if (~decided).any():
+                self.pending.append(kept[~decided])   # its question may still come (XML order)
             kept = kept[has_parent]
         out.append((table, Result(kept=kept.reset_index(drop=True), rejected=res.rejected, repaired=res.repaired)))
         out += [(table, Result.rejected_only(r)) for r in later]
         return out
+
+    def _select_tags(self, cols: dict[str, pa.Array]) -> tuple[dict[str, pa.Array], pd.DataFrame]:
+        """Questions carrying a wanted tag go on; the rest are rejected tag_not_selected (their ids
+        kept, for their answers)."""
+        ids = _parse_int(cols["Id"]).to_pylist()
+        if self.tagged_ids is not None:
+            keep = np.array([i in self.tagged_ids for i in ids], bool)
+            texts = [""] * len(ids)
+        else:
+            texts = cols["Tags"].to_pylist()
+            keep = np.array([not self.opts.tags.isdisjoint(tag_list(t)) for t in texts], bool)
+        drop = np.flatnonzero(~keep)
+        self.unselected.update(ids[k] for k in drop.tolist() if ids[k] is not None)
+        wanted = ",".join(sorted(self.opts.tags))
+        rej = rejects("questions", [ids[k] for k in drop.tolist()], ["tag_not_selected"] * len(drop),
+                      [f"tags {texts[k] or '(none)'} not in [{wanted}]"[:300] for k in drop.tolist()],
+                      cols["Id"].take(pa.array(drop)).to_pylist())
+        if len(drop):
+            cols = {c: v.filter(pa.array(keep)) for c, v in cols.items()}
+        return cols, rej
 
     def _first_occurrences(self, table: str, cols: dict[str, pa.Array]) -> tuple[dict[str, pa.Array], list[int]]:
         """Duplicates: the first occurrence in the source wins, later rows with its id are rejected (ids
@@ -419,10 +350,11 @@ class Ingester:
     def _orphan_rejects(self, orphans: pd.DataFrame) -> pd.DataFrame:
         if orphans.empty:
             return empty_rejects()
-        parents = orphans["parent_id"]
-        known = _member(parents, self.seen["questions"]) | _member(parents, self.rejected_questions)
-        reasons = ["question_rejected" if k else "orphan_answer" for k in known.tolist()]
-        details = [f"ParentId={p}" for p in orphans["parent_id"].tolist()]
+        parents = orphans["parent_id"].tolist()
+        reasons = ["tag_not_selected" if p in self.unselected
+                   else "question_rejected" if p in self.seen["questions"] or p in self.rejected_questions
+                   else "orphan_answer" for p in parents]
+        details = [f"ParentId={p}" for p in parents]
         return rejects("answers", orphans["id"].tolist(), reasons, details)
 
     def finish(self) -> list[tuple[str, Result]]:
@@ -434,24 +366,49 @@ class Ingester:
                                    rejected=self._orphan_rejects(pend[~has_parent])))]
 
 
-def read(source: Path, runtime: Runtime) -> Iterator[Raw]:
-    """The source's rows in batches: a Kaggle folder (every question, then every answer) or a Posts.xml."""
-    if source.is_dir():
-        for table in ("questions", "answers"):
-            complete = table == "answers"
-            for raw in read_kaggle_csv(source / CSV_FILES[table], table):
-                n = len(raw["Id"]) + len(raw["_bad_rows"])
-                yield Raw(table, n, raw | {"_questions_complete": complete})
+def read(opts: IngestOptions, runtime: Runtime) -> Iterator[Raw]:
+    """The source's rows in batches: a Kaggle folder or zip (every question, then every answer),
+    a Posts.xml or one posts file (questions and answers as they come)."""
+    src = opts.source
+    if src.layout in ("kaggle_folder", "kaggle_zip"):
+        tables = ((t, raw | {"_questions_complete": t == "answers"}) for t, raw in kaggle_tables(src, opts.ignored))
+    elif src.layout == "posts_xml":
+        attributes: set[str] = set()
+        tables = read_posts_xml(src.path, runtime.batch_rows, opts.tags_per_row, src.compression, attributes)
     else:
-        for table, raw in read_posts_xml(source, runtime.batch_rows):
-            yield Raw("other_posts" if table == "other" else table, len(raw["Id"]), raw)
+        opts.ignored.update(src.ignored)
+        tables = posts_tables(src, runtime.batch_rows, opts.tags_per_row)
+    for table, raw in tables:
+        yield Raw("other_posts" if table == "other" else table, len(raw["Id"]) + len(raw.get("_bad_rows", [])), raw)
+    if src.layout == "posts_xml":
+        opts.ignored.update(attributes - set(KNOWN))
 
 
-def options(params: dict[str, Any]) -> Path:
-    source = Path(params["ingest"]["source"])
-    if not source.exists():
-        raise StageError(f"ingest: {source}: no such file or folder (ingest.source in params.yaml)")
-    return source
+def _tags(value: Any) -> frozenset[str]:
+    """ingest.tags: a list of tag names (empty or null: every question)."""
+    if value is None:
+        return frozenset()
+    ok = isinstance(value, list) and all(isinstance(t, str) and re.fullmatch(r"[^\s<>|,;]+", t) for t in value)
+    if not ok:
+        raise StageError(f"params.yaml: ingest.tags must be a list of tag names such as [python, pandas] "
+                         f"(empty: keep every question), got {value!r}")
+    return frozenset(t.lower() for t in value)
+
+
+def options(params: dict[str, Any]) -> IngestOptions:
+    """The source's layout, recognised before any work (an unknown one is refused in one line)."""
+    value = params["ingest"]["source"]
+    if not isinstance(value, str) or not value.strip():
+        raise StageError(f"params.yaml: ingest.source must be a path to a folder or file, got {value!r}")
+    tags = _tags(params["ingest"].get("tags"))
+    path = Path(value)
+    if not path.exists():
+        raise StageError(f"ingest: {path}: no such file or folder (ingest.source in params.yaml)")
+    source = detect(path)
+    if tags and not source.has_tags:
+        where = "no Tags.csv beside Questions.csv" if source.layout.startswith("kaggle") else "no Tags column"
+        raise StageError(f"ingest: {path}: ingest.tags is {sorted(tags)} but the source has {where}")
+    return IngestOptions(source, tags, set())
 
 
 # ----------------------------------------------------------------------------- expectations
@@ -488,9 +445,9 @@ def frames(out: Path, params: dict[str, Any]) -> Iterator[Frame]:
 
 STAGE = StreamStage(
     name="ingest", module="stages.curate.ingest", reads=("${ingest.source}",), writes="data/raw",
-    params=("ingest.source",), options=options, audit=("ingest.source",),
+    params=("ingest.source", "ingest.tags"), options=options, audit=("ingest.source", "ingest.tags"),
     read=read,
-    decider=lambda source: Ingester(),
+    decider=Ingester,
     suite=Suite(checks=checks, frames=frames, ids={"questions": ["id"], "answers": ["id"]}),
 )
 

@@ -9,6 +9,7 @@ the same order, at most a bounded number in flight.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -44,7 +45,7 @@ class ProcessPool:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._pool = mp.get_context("fork").Pool(workers)
+        self._pool = mp.get_context("fork").Pool(workers, initializer=ignore_sigint)
 
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
         pending: deque = deque()
@@ -58,6 +59,12 @@ class ProcessPool:
     def close(self) -> None:
         self._pool.terminate()
         self._pool.join()
+
+
+def ignore_sigint() -> None:
+    """In a worker: Ctrl-C reaches every process of the terminal's group; the stage's process
+    answers it (one line) and terminates its workers, which would otherwise each print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_executor(workers: int) -> Executor:

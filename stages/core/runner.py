@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,7 +263,9 @@ def execute(stage: Stage, all_params: dict[str, Any]) -> dict[str, Any]:
         run_gate(stage, params, tmp, runtime)
         commit_path(tmp, final)
         return ledger.finish()
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)      # a second Ctrl-C must not cut the clean-up short
         ledger.abort()
         clean_stale_tmp(DATA, Path("models"))
         raise
@@ -276,4 +279,7 @@ def run(stage: Stage) -> None:
     except StageError as exc:
         print_error(str(exc))
         sys.exit(1)
+    except KeyboardInterrupt:
+        print_error(f"{stage.name}: interrupted (Ctrl-C); nothing written, earlier outputs left as they were")
+        sys.exit(130)
     print_stage_summary(summary)

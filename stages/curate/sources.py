@@ -56,6 +56,11 @@ _MAGIC = {b"PK\x03\x04": "zip", b"\x1f\x8b": "gzip", b"BZh": "bz2", b"7z\xbc\xaf
 NULL_TOKENS = ("", "na", "nan", "null", "none", "nat", "<na>")   # how tools write a missing value
 
 
+def column_label(name: str, position: int) -> str:
+    """A column's name for the audit; pandas writes its index column with an empty name."""
+    return name if name.strip() else f"(unnamed column {position + 1})"
+
+
 def canonical(name: str) -> str:
     """The Kaggle spelling of a known column name, matched ignoring case, '_', '-' and spaces;
     other names are returned as they are."""
@@ -164,12 +169,12 @@ def _posts_layout(path: Path, layout: str, compression: str | None, header: list
     """Recognise a one-file posts export from its column names, or refuse in one line."""
     columns: dict[str, str] = {}
     ignored = []
-    for name in header:
+    for k, name in enumerate(header):
         c = canonical(name)
         if c in KNOWN and c not in columns:
             columns[c] = name
         else:
-            ignored.append(name)
+            ignored.append(column_label(name, k))
     kind_by = "PostTypeId" if "PostTypeId" in columns else "ParentId" if "ParentId" in columns else "questions_only"
     need = ["Id", "Score", "Title", "Body"]
     missing = [c for c in need if c not in columns]
@@ -286,13 +291,17 @@ def as_text(col: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return decode_column(col.cast(pa.binary()))
     if pa.types.is_timestamp(t):
-        return pc.strftime(col, format="%Y-%m-%dT%H:%M:%S"), 0
+        secs = pc.cast(col, pa.timestamp("s", tz=t.tz), safe=False)      # outputs hold seconds
+        return pc.strftime(secs, format="%Y-%m-%dT%H:%M:%S"), 0
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return pa.array([None if v is None else "".join(f"<{x}>" for x in v) for v in col.to_pylist()],
                         pa.string()), 0
     if pa.types.is_null(t):
         return pa.nulls(len(col), pa.string()), 0
-    return pc.cast(col, pa.string()), 0
+    try:
+        return pc.cast(col, pa.string()), 0
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):      # a struct, a map: its text, for the row's reason
+        return pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string()), 0
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -385,7 +394,7 @@ def _kaggle_columns(head: bytes, table: str, label: str, ignored: set[str] | Non
                          f"expected the Kaggle schema {expected}")
     used = {c: by_name[c] for c in expected}
     if ignored is not None:
-        ignored.update(h for h in header if h not in used.values())
+        ignored.update(column_label(h, k) for k, h in enumerate(header) if h not in used.values())
     return used
 
 
@@ -440,6 +449,19 @@ def tagged_question_ids(source: Source, wanted: frozenset[str], parse_ids: Calla
 
 
 # ----------------------------------------------------------------------------- one posts file
+def _jsonl_chunks(stream: BinaryIO, block_bytes: int = 16 << 20) -> Iterator[bytes]:
+    """Whole lines, about block_bytes at a time (a JSON line holds no raw newline)."""
+    rest = b""
+    while data := stream.read(block_bytes):
+        data = rest + data
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if cut:
+            yield data[:cut]
+    if rest.strip():
+        yield rest
+
+
 def _typed_batches(source: Source, batch_rows: int) -> Iterator[pa.RecordBatch]:
     names = list(source.columns.values())
     if source.layout == "posts_parquet":
@@ -450,16 +472,15 @@ def _typed_batches(source: Source, batch_rows: int) -> Iterator[pa.RecordBatch]:
         return
     import pyarrow.json as pajson
 
-    stream = open_stream(source.path, source.compression)
-    try:
-        reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=16 << 20),
-                                  parse_options=pajson.ParseOptions(newlines_in_values=False))
-        for batch in reader:
-            yield batch.select([n for n in names if n in batch.schema.names])
-    except pa.ArrowInvalid as exc:
-        raise StageError(f"ingest: {source.path}: unreadable JSON lines ({str(exc).splitlines()[0]})") from None
-    finally:
-        stream.close()
+    # Each chunk's types are inferred on their own (a column null in the first lines and numbers
+    # later would stop Arrow's one-schema streaming reader); every column becomes text anyway.
+    with open_stream(source.path, source.compression) as stream:
+        for chunk in _jsonl_chunks(stream):
+            try:
+                table = pajson.read_json(io.BytesIO(chunk))
+            except pa.ArrowInvalid as exc:
+                raise StageError(f"ingest: {source.path}: unreadable JSON lines ({str(exc).splitlines()[0]})") from None
+            yield from table.select([n for n in names if n in table.column_names]).to_batches(batch_rows)
 
 
 def _text_batches(source: Source, batch_rows: int) -> Iterator[dict[str, Any]]:

@@ -49,7 +49,7 @@ SEVEN_ZIP_HINT = "7z e {path} Posts.xml"      # the one command that extracts a 
 # A text dump compresses 3-10 times (the Kaggle zip about 3, a Posts.xml.bz2 about 6); a bomb
 # thousands of times. Below RATIO_FLOOR bytes of output the ratio is not judged.
 MAX_RATIO = 100
-RATIO_FLOOR = 64 << 20
+RATIO_FLOOR = 32 << 20
 
 _MAGIC = {b"PK\x03\x04": "zip", b"\x1f\x8b": "gzip", b"BZh": "bz2", b"7z\xbc\xaf\x27\x1c": "7z",
           b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
@@ -119,13 +119,17 @@ def open_stream(path: Path, kind: str | None) -> BinaryIO:
     return io.BufferedReader(_Guarded(inner, raw.tell, str(path)), 1 << 20)
 
 
-def open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> BinaryIO:
-    """One zip member's bytes behind the bomb guard (its declared sizes are checked first)."""
+def _check_member(info: zipfile.ZipInfo, label: str) -> None:
     if info.flag_bits & 0x1:
         raise StageError(f"ingest: {label}: {info.filename} is encrypted; extract it first")
     if info.file_size > RATIO_FLOOR + MAX_RATIO * max(info.compress_size, 1):
         raise StageError(f"ingest: {label}: refused as a zip bomb ({info.filename} declares {info.file_size} bytes "
                          f"from {info.compress_size}, more than {MAX_RATIO} times)")
+
+
+def open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> BinaryIO:
+    """One zip member's bytes behind the bomb guard (its declared sizes are checked first)."""
+    _check_member(info, label)
     try:
         inner = zf.open(info)
     except NotImplementedError as exc:
@@ -220,6 +224,9 @@ def detect(path: Path) -> Source:
         if not all(name.lower() in members for name in CSV_FILES.values()):
             raise StageError(f"ingest: {path}: unknown layout: the zip holds {sorted(members)[:10]}; "
                              f"accepted: {LAYOUTS}")
+        for name in (*CSV_FILES.values(), TAGS_FILE):
+            if name.lower() in members:
+                _check_member(members[name.lower()], str(path))
         return Source(path, "kaggle_zip", "zip", has_tags=TAGS_FILE.lower() in members)
     with open_stream(path, kind) as stream:
         try:

@@ -7,8 +7,12 @@ connected.
 """
 from __future__ import annotations
 
+import bz2
+import functools
 import gzip
+import io
 import random
+import zipfile
 import re
 import sys
 from pathlib import Path
@@ -75,6 +79,39 @@ def _cut_mid_quote(data: bytes) -> bytes:
     return data[: at + 40]
 
 
+@functools.lru_cache(maxsize=None)
+def _bomb(kind: str, head: bytes, size: int = 100 << 20) -> bytes:
+    """`head` then `size` bytes of one letter, compressed about a thousand times (bz2: a million)."""
+    chunk = b"a" * (1 << 20)
+    if kind == "bz2":
+        c = bz2.BZ2Compressor(9)
+        return b"".join([c.compress(head)] + [c.compress(chunk) for _ in range(size >> 20)] + [c.flush()])
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as g:
+        g.write(head)
+        for _ in range(size >> 20):
+            g.write(chunk)
+    return buf.getvalue()
+
+
+def _zip_bomb(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("Questions.csv", "w", force_zip64=True) as fh:
+            fh.write(b"Id,OwnerUserId,CreationDate,Score,Title,Body\n\"")
+            for _ in range(100):
+                fh.write(b"a" * (1 << 20))
+        zf.writestr("Answers.csv", A)
+    return path
+
+
+def _parquet(path: Path, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
 # name -> (build(dir, listener) -> (source, the bad file named in the message), problem regex)
 CASES: dict[str, tuple[Callable[[Path, Listener], tuple[Path, Path]], str]] = {
     "missing source": (lambda d, _: (d / "nowhere", d / "nowhere"), r"no such file or folder"),
@@ -105,7 +142,30 @@ CASES: dict[str, tuple[Callable[[Path, Listener], tuple[Path, Path]], str]] = {
     "billion laughs": (lambda d, _: (_xml(d / "Posts.xml", _billion_laughs(), "&lol9;"), d / "Posts.xml"),
                        r"unsafe XML.*lol"),
     "truncated XML": (lambda d, _: (_file(d / "Posts.xml", SE_DUMP.read_bytes()[:30_000]),) * 2, r"truncated XML"),
+    # Sources as users have them, refused: an unknown layout names the columns it found.
+    "unknown columns": (lambda d, _: (_file(d / "export.csv", b'"question_id","question_text","votes"\n"1","x","2"\n'),) * 2,
+                        r"unknown layout: columns found \[question_id, question_text, votes\].*accepted"),
+    "unknown parquet columns": (lambda d, _: (_parquet(d / "x.parquet", {"a": [1], "b": ["x"]}),) * 2,
+                                r"unknown layout: columns found \[a, b\]"),
+    "answers alone": (lambda d, _: (_file(d / "Answers.csv", A),) * 2, r"unknown layout \(answers only"),
+    "zip without the CSVs": (lambda d, _: (_file(d / "x.zip", _zipped({"readme.txt": b"hi"})),) * 2,
+                             r"unknown layout: the zip holds \['readme.txt'\]"),
+    "7z dump": (lambda d, _: (_file(d / "stackoverflow.com-Posts.7z", b"7z\xbc\xaf\x27\x1c" + bytes(100)),) * 2,
+                r"7z e .*Posts.7z Posts.xml"),
+    "gzip bomb": (lambda d, _: (_file(d / "posts.csv.gz", _bomb("gzip", b'Id,PostTypeId,Score,Title,Body\n"')),) * 2,
+                  r"decompression bomb"),
+    "bz2 bomb": (lambda d, _: (_file(d / "Posts.xml.bz2", _bomb("bz2", b'<?xml version="1.0"?>\n<posts><row Body="')),) * 2,
+                 r"decompression bomb"),
+    "zip bomb": (lambda d, _: (_zip_bomb(d / "bomb.zip"),) * 2, r"zip bomb"),
 }
+
+
+def _zipped(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
 
 
 def _set_source(proj: Path, source: Path) -> None:

@@ -25,10 +25,12 @@ def param(params: dict[str, Any], key: str) -> Any:
     return node
 
 
-def whole_number(value: Any, key: str, minimum: int | None = None) -> int:
-    """A params.yaml value that must be a whole number (at least `minimum`), or one clear line."""
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+def whole_number(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A params.yaml value that must be a whole number (in [minimum, maximum]), or one clear line."""
+    if (isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
         allowed = "a whole number" + (f" >= {minimum}" if minimum is not None else "")
+        allowed += (" and" if minimum is not None else "") + f" <= {maximum}" if maximum is not None else ""
         raise StageError(f"params.yaml: {key} must be {allowed}, got {value!r}")
     return value
 

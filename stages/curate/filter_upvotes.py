@@ -27,7 +27,8 @@ def transform(table: str, batch: pa.Table | pa.RecordBatch, min_score: int) -> R
 
 
 def options(params: dict[str, Any]) -> int:
-    return whole_number(params["filter"]["min_score"], "filter.min_score")
+    # Scores are int64: a bound outside them cannot be compared with one.
+    return whole_number(params["filter"]["min_score"], "filter.min_score", -(2**63), 2**63 - 1)
 
 
 def checks(params: dict[str, Any]) -> list[Check]:

@@ -88,7 +88,7 @@ def transform(table: str, batch: pa.RecordBatch, engine: str) -> Result:
 
 def options(params: dict[str, Any]) -> str:
     engine = params["strip_html"]["engine"]
-    if engine not in ENGINES:
+    if not isinstance(engine, str) or engine not in ENGINES:
         raise StageError(f"strip_html: unknown engine {engine!r} (strip_html.engine in params.yaml); "
                          f"choose one of {sorted(ENGINES)}")
     return engine

@@ -108,8 +108,10 @@ def _missing(values: pa.Array) -> np.ndarray:
     return _confirm(values, ~_mask(pc.match_substring_regex(values, "[0-9]")), is_missing)
 
 
-# Every date form tools write, brought to one: 2008-08-01T13:57:07Z, ...07.123, 2008-08-01 13:57:07,
-# ... UTC, +00:00. Fractions of a second are dropped (outputs hold seconds).
+# Every date form tools write: the usual ones parsed as they are, the rest first brought to one
+# form (2008-08-01T13:57:07Z, ...07.123, 2008-08-01 13:57:07, ... UTC, +00:00). Fractions of a
+# second are dropped (outputs hold seconds).
+_DATE_FORMATS = ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 _DATE_FORM = (r"^\s*([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]*)?"
               r"(Z| ?UTC|[+-]00:?00)?\s*$")
 
@@ -119,25 +121,36 @@ def _parse_date_one(v: str) -> Any:
     return None if pd.isna(ts) else int(ts.value // 1_000_000_000)
 
 
+def _strptime(text: pa.Array) -> pa.Array:
+    """Timestamps for the usual forms (one for the whole batch, else the normalised text), null
+    elsewhere. strptime rolls 2008-02-30 over into March: a date whose day differs is null too."""
+    for fmt in _DATE_FORMATS:
+        parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
+        if parsed.null_count == text.null_count:
+            break
+    else:
+        text = pc.replace_substring_regex(text, _DATE_FORM, r"\1 \2")
+        parsed = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    day = pc.utf8_slice_codeunits(text, 8, 10)
+    day = pc.if_else(pc.match_substring_regex(day, "^[0-9]{2}$"), day, pa.scalar(None, pa.string()))
+    same_day = pc.equal(pc.day(parsed), pc.cast(day, pa.int64()))
+    return pc.if_else(pc.fill_null(same_day, False), parsed, pa.scalar(None, parsed.type))
+
+
 def _parse_dates(values: pa.Array | list[str | None]) -> tuple[pa.Array, np.ndarray]:
     """Text -> UTC timestamps in seconds, and the rows whose date is present but unreadable.
     The usual forms are parsed vectorised; anything else (another offset, a date alone) by pandas,
     row by row."""
     arr = as_strings(values)
     missing = _missing(arr)
-    norm = pc.replace_substring_regex(arr, _DATE_FORM, r"\1 \2")
-    parsed = pc.strptime(norm, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
-    # strptime rolls 2008-02-30 over into March: a date is read only if it writes back the same.
-    parsed = pc.if_else(pc.equal(pc.strftime(parsed, format="%Y-%m-%d %H:%M:%S"), norm), parsed,
-                        pa.scalar(None, parsed.type))
-    odd = np.flatnonzero(_mask(parsed.is_null()) & ~missing)
-    secs = pc.cast(parsed, pa.int64())
+    present = pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), arr) if missing.any() else arr
+    secs = pc.cast(_strptime(present), pa.int64())
+    odd = np.flatnonzero(_mask(secs.is_null()) & ~missing)
     if len(odd):
         fixed = secs.to_pylist()
         for i, v in zip(odd.tolist(), arr.take(pa.array(odd)).to_pylist()):
             fixed[i] = _parse_date_one(v)
         secs = pa.array(fixed, pa.int64())
-    secs = pc.if_else(pa.array(missing), pa.scalar(None, pa.int64()), secs)
     bad = _mask(secs.is_null()) & ~missing
     return secs.cast(pa.timestamp("s")).cast(pa.timestamp("s", tz="UTC")), bad
 

@@ -154,7 +154,7 @@ CASES: dict[str, tuple[Callable[[Path, Listener], tuple[Path, Path]], str]] = {
                 r"7z e .*Posts.7z Posts.xml"),
     "gzip bomb": (lambda d, _: (_file(d / "posts.csv.gz", _bomb("gzip", b'Id,PostTypeId,Score,Title,Body\n"')),) * 2,
                   r"decompression bomb"),
-    "bz2 bomb": (lambda d, _: (_file(d / "Posts.xml.bz2", _bomb("bz2", b'<?xml version="1.0"?>\n<posts><row Body="')),) * 2,
+    "bz2 bomb": (lambda d, _: (_file(d / "Posts.xml.bz2", _bomb("bz2", b'<?xml version="1.0"?>\n<posts>')),) * 2,
                  r"decompression bomb"),
     "zip bomb": (lambda d, _: (_zip_bomb(d / "bomb.zip"),) * 2, r"zip bomb"),
 }

@@ -44,7 +44,8 @@ def question_texts(batch: pa.RecordBatch | pa.Table) -> pa.Array:
 
 def _words(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(hash of every word in order, offsets of each text's words)."""
-    lists = pc.utf8_split_whitespace(norm)
+    # An empty text splits into one empty word: as null it has none.
+    lists = pc.utf8_split_whitespace(pc.if_else(pc.equal(norm, ""), pa.scalar(None, pa.string()), norm))
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()
     offsets = lists.offsets.to_numpy().astype(np.int64)

@@ -74,10 +74,10 @@ def load_eval_questions(path: Path) -> list[EvalQuestion]:
     return out
 
 
-def first_sentence(body: str) -> str:
-    line = body.lstrip().split("\n", 1)[0]
-    m = re.match(r"[^?.!]*[?.!]?", line)
-    return (m.group(0) if m else line)[:200]
+def first_sentences(bodies: pa.Array) -> pa.Array:
+    """Each body's first sentence: up to the first line end or ?.! (at most 200 characters)."""
+    head = pc.utf8_slice_codeunits(pc.fill_null(bodies, ""), 0, 200)
+    return pc.extract_regex(head, r"^\s*(?P<s>[^\n?.!]*[?.!]?)").field("s")
 
 
 def best_matches(titles: pa.Array, bodies: pa.Array, evals: list[EvalQuestion],
@@ -89,8 +89,9 @@ def best_matches(titles: pa.Array, bodies: pa.Array, evals: list[EvalQuestion],
     score = np.full(n, np.nan)
     if not evals or n == 0:
         return best, score
-    heads = pc.utf8_slice_codeunits(pc.fill_null(bodies, ""), 0, 400)
-    texts = [pc.utf8_lower(pc.fill_null(titles, "")), pc.utf8_lower(heads)]
+    titles = pc.fill_null(titles, "")
+    sentences = first_sentences(bodies)
+    texts = [pc.utf8_lower(titles), pc.utf8_lower(sentences)]
     for e, q in enumerate(evals):
         if not q.words:
             continue
@@ -102,7 +103,7 @@ def best_matches(titles: pa.Array, bodies: pa.Array, evals: list[EvalQuestion],
                 held += pc.match_substring(low, w).to_numpy(zero_copy_only=False).astype(np.int32)
             rows |= held >= need
         for i in np.flatnonzero(rows).tolist():
-            for text in (str(titles[i].as_py() or ""), first_sentence(str(bodies[i].as_py() or ""))):
+            for text in (titles[i].as_py(), sentences[i].as_py()):
                 words = content_words(text)
                 if len(set(words) & set(q.words)) < need:
                     continue

@@ -149,6 +149,21 @@ def _same_answer_pairs(answers: list[dict[str, np.ndarray]], known: np.ndarray) 
     return np.sort(pairs.to_numpy(np.int64), axis=1) if len(pairs) else np.zeros((0, 2), np.int64)
 
 
+def _between_texts(ids: np.ndarray, exact: np.ndarray, kinds: list[tuple[str, np.ndarray]]
+                   ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The pairs of each kind whose questions differ in text (pairs of identical texts are joined
+    already), their kinds, and each end's exact-text representative."""
+    rep_of = pd.Series(exact, index=ids)
+    pairs, names, reps = [np.zeros((0, 2), np.int64)], [], [np.zeros((0, 2), np.int64)]
+    for kind, p in kinds:
+        r = rep_of.reindex(p.ravel()).to_numpy(np.int64).reshape(-1, 2)
+        differ = r[:, 0] != r[:, 1]
+        pairs.append(p[differ])
+        reps.append(r[differ])
+        names += [kind] * int(differ.sum())
+    return np.concatenate(pairs), names, np.concatenate(reps)
+
+
 def _link_pairs(path: str | None, known: np.ndarray) -> tuple[np.ndarray, int]:
     if path is None:
         return np.zeros((0, 2), np.int64), 0
@@ -178,10 +193,8 @@ def build(ctx: TableContext) -> Iterator[tuple[str, Result]]:
         same = _same_answer_pairs(list(executor.map(answer_job, [(u, o.answer_min_chars) for u in answer_units])),
                                   ids)
         links, links_read = _link_pairs(o.links, ids)
-        rep_of = pd.Series(exact, index=ids)
+        other, other_kind, other_reps = _between_texts(ids, exact, [("same_answer", same), ("dup_link", links)])
         # Exact Jaccard on the exact-group representatives of every pair that needs one.
-        other = np.concatenate([same, links]) if len(same) or len(links) else np.zeros((0, 2), np.int64)
-        other_reps = rep_of.reindex(other.ravel()).to_numpy(np.int64).reshape(-1, 2)
         need_ids = np.unique(np.concatenate([cand_ids.ravel(), other_reps.ravel()]))
         pos_of = pd.Series(np.arange(len(ids)), index=ids)
         need_pos = np.sort(pos_of.reindex(need_ids).to_numpy(np.int64))
@@ -206,7 +219,7 @@ def build(ctx: TableContext) -> Iterator[tuple[str, Result]]:
         "a": np.concatenate([exact[members], near[:, 0], other[:, 0]]).astype(np.int64),
         "b": np.concatenate([ids[members], near[:, 1], other[:, 1]]).astype(np.int64),
         "kind": ["exact_text"] * len(members) + ["near_duplicate"] * len(near)
-                + ["same_answer"] * len(same) + ["dup_link"] * len(links),
+                + other_kind,
         "jaccard": np.concatenate([np.ones(len(members)), near_j, other_j]),
     })
     ctx.extra.update(_cluster(ctx, o, ids, exact, edges, scans, len(cand), links_read))

@@ -3,6 +3,7 @@ counts show in `dvc metrics diff`, drop mode rejects all but one per cluster, an
 only what they should (dedup.mode reruns split, not dedup)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -34,6 +35,11 @@ def _set(project: Path, key: str, value) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _digests(project: Path) -> dict[str, str]:
+    return {str(p.relative_to(project)): hashlib.md5(p.read_bytes()).hexdigest()
+            for d in ("data/dedup", "data/split") for p in sorted((project / d).glob("*.parquet"))}
+
+
 @pytest.mark.slow
 def test_planted_duplicates_are_found_kept_together_and_counted(project: Path) -> None:
     run(["dvc", "repro", "split"], project)
@@ -54,6 +60,13 @@ def test_planted_duplicates_are_found_kept_together_and_counted(project: Path) -
     assert "moved_questions" in json.loads((project / "metrics" / "audit" / "split.json").read_text())
     quality = json.loads((project / "metrics" / "quality" / "split.json").read_text())
     assert any(r["name"].startswith("cluster_sides") and r["success"] for r in quality["results"])
+
+    # The same bytes for another worker count and batch size (dvc does not rerun for runtime settings: forced).
+    before = _digests(project)
+    _set(project, "runtime", {"workers": 1, "batch_rows": 7, "executor": "local", "gx_preload": False})
+    for stage in ("dedup", "split"):
+        run(["dvc", "repro", "--force", "--single-item", stage], project)
+    assert _digests(project) == before
 
     run(GIT + ["add", "-A"], project)
     run(GIT + ["commit", "-qm", "planted"], project)

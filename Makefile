@@ -36,7 +36,7 @@ funnel: install
 # What the pipeline and the tests generate: pipeline outputs (rebuilt by `make repro`, from the DVC
 # cache in seconds), reports, failed-gate pages, plots, caches of pytest and hypothesis. The venv
 # and the DVC cache (.dvc/cache, which lets repro restore outputs) stay: `make clean-cache` empties it.
-GENERATED := data/raw data/stripped data/utf8 data/filtered data/top2 data/split data/shards \
+GENERATED := data/raw data/stripped data/utf8 data/dedup data/filtered data/top2 data/split data/shards \
              data/rejects/*.parquet data/tokenizer data/eval models/qa-t5 models/.checkpoints \
              reports gx/uncommitted dvc_plots .pytest_cache .hypothesis build
 clean:

@@ -40,10 +40,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_CORPUS = REPO.parent / "shared" / "bench" / "make_corpus.py"
-STAGES = ["ingest", "strip_html", "validate_utf", "filter_upvotes", "top_answers", "split", "shard"]
+STAGES = ["ingest", "strip_html", "validate_utf", "dedup", "filter_upvotes", "top_answers", "split", "shard"]
 TARGET = STAGES[-1]
 # Generated outputs never travel into the copy: the benchmark rebuilds them.
-_SKIP_PREFIXES = ("data/raw/", "data/stripped/", "data/utf8/", "data/filtered/", "data/top2/", "data/split/",
+_SKIP_PREFIXES = ("data/raw/", "data/stripped/", "data/utf8/", "data/filtered/", "data/top2/", "data/split/", "data/dedup/",
                   "data/shards/", "data/rejects/", "metrics/", "models/", "dvc.lock", "bench/results/")
 
 SEED_STYLE = REPO / "bench" / "seed_style.py"

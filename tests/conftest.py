@@ -23,7 +23,7 @@ os.environ.setdefault("SOQA_GX_SERVER_IDLE", "5")
 
 # Generated pipeline outputs are not part of a fresh copy: each test rebuilds what it needs.
 _SKIP_TOP = {".venv", ".git", ".pytest_cache", ".hypothesis", "reports", "build"}
-_SKIP_DATA = {"raw", "stripped", "utf8", "filtered", "top2", "split", "shards", "rejects", "eval", "tokenizer"}
+_SKIP_DATA = {"raw", "stripped", "utf8", "dedup", "filtered", "top2", "split", "shards", "rejects", "eval", "tokenizer"}
 
 
 def copy_project(dest: Path) -> Path:

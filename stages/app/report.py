@@ -105,6 +105,7 @@ def gather(params: dict[str, Any]) -> dict[str, Any]:
     }
     split = audits.get("split", {})
     return {"audits": audits, "quality": quality, "examples": examples, "distributions": dist,
+            "dedup": dedup_clusters(),
             "split_rows": split.get("split_rows", {}), "split_questions": split.get("split_questions", {}),
             "params": {"min_score": params.get("filter", {}).get("min_score"),
                        "k": params.get("top_answers", {}).get("k"),
@@ -317,8 +318,114 @@ def render(data: dict[str, Any], docs: dict[str, str]) -> str:
     shard = audits.get("shard", {})
     out.append(f"</table><p>train is stored in {shard.get('shards', 0)} shard(s) of up to {_e(p['shard_size'])} "
                f"pairs: {', '.join(str(x) for x in shard.get('shard_rows', []))}.</p></section>")
+    out.append(dedup_section(data.get("dedup")))
     out.append("</main></body></html>")
     return "".join(out)
+
+
+# ----------------------------------------------------------------------------- near-duplicates (stage dedup)
+DEDUP_CLUSTERS_SHOWN = 12
+DEDUP_EVAL_SHOWN = 30
+
+
+def dedup_clusters(shown: int = DEDUP_CLUSTERS_SHOWN) -> dict[str, Any] | None:
+    """The dedup audit, the largest clusters (members with their titles and sides, the edges between
+    them) and the human-eval matches; None before the dedup stage has run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    audit = _read_json(METRICS / "audit" / "dedup.json")
+    folder = DATA / "dedup"
+    if audit is None or not (folder / "clusters.parquet").exists():
+        return None
+    cl = pq.read_table(folder / "clusters.parquet").to_pandas()
+    sizes = cl.groupby("cluster").size()
+    top = sizes[sizes > 1].reset_index(name="n").sort_values(["n", "cluster"], ascending=[False, True])
+    top = top.head(shown)["cluster"].tolist()
+    members = cl[cl["cluster"].isin(top)]
+    evals = cl[cl["eval_question"].notna()].head(DEDUP_EVAL_SHOWN)
+    wanted = pa.array(sorted(set(members["question_id"]) | set(evals["question_id"])), pa.int64())
+    titles: dict[int, str] = {}
+    for b in iter_parquet(DATA / "utf8" / "questions.parquet", 65536, columns=["id", "title"]):
+        b = b.filter(pc.is_in(b.column("id"), value_set=wanted))
+        titles.update(zip(b.column("id").to_pylist(), b.column("title").to_pylist()))
+    side = _question_sides()
+    edges = pq.read_table(folder / "edges.parquet").to_pandas()
+    edges = edges[edges["a"].isin(members["question_id"]) | edges["b"].isin(members["question_id"])]
+
+    of = dict(zip(members["question_id"].tolist(), members["cluster"].tolist()))
+    by_cluster: dict[int, list[int]] = defaultdict(list)
+    for q, c in of.items():
+        by_cluster[c].append(q)
+    edge_rows = [{"a": a, "b": b, "kind": k, "jaccard": None if j != j else round(j, 3), "joined": o}
+                 for a, b, k, j, o in zip(edges["a"].tolist(), edges["b"].tolist(), edges["kind"].tolist(),
+                                          edges["jaccard"].tolist(), edges["joined"].tolist())]
+
+    def member(q: int) -> dict[str, Any]:
+        return {"id": q, "title": titles.get(q, ""), "side": side.get(q, "not in the pairs")}
+
+    return {
+        "audit": {k: audit.get(k) for k in ("candidate_pairs", "pairs", "clusters", "questions_in_clusters",
+                                            "largest_cluster", "capped_clusters", "edges_refused", "eval_matches")},
+        "split": {k: (_read_json(METRICS / "audit" / "split.json") or {}).get(k)
+                  for k in ("mode", "moved_questions", "questions_removed")},
+        "clusters": [{"cluster": c, "members": [member(q) for q in sorted(by_cluster[c])],
+                      "edges": [e for e in edge_rows if of.get(e["a"]) == c]} for c in top],
+        "eval_matches": [{**member(int(q)), "eval_question": e, "similarity": float(s)}
+                         for q, e, s in zip(evals["question_id"], evals["eval_question"], evals["eval_similarity"])],
+    }
+
+
+def _question_sides() -> dict[int, str]:
+    """question id -> train/val/test, or the reason split removed it."""
+    import pyarrow.parquet as pq
+
+    side: dict[int, str] = {}
+    for s in ("train", "val", "test"):
+        path = DATA / "split" / f"{s}.parquet"
+        if path.exists():
+            side.update(dict.fromkeys(pq.read_table(path, columns=["question_id"]).column(0).to_pylist(), s))
+    rej = DATA / "rejects" / "split.parquet"
+    if rej.exists():
+        r = pq.read_table(rej, columns=["detail", "reason"]).to_pandas()
+        for d, why in zip(r["detail"], r["reason"]):
+            m = re.match(r"question (\d+):", d or "")
+            if m:
+                side.setdefault(int(m.group(1)), f"removed: {why}")
+    return side
+
+
+def dedup_section(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    a, sp = d["audit"], d["split"]
+    pairs = ", ".join(f"{k} {v:,}" for k, v in (a.get("pairs") or {}).items())
+    removed = ", ".join(f"{k} {v:,}" for k, v in (sp.get("questions_removed") or {}).items())
+    out = ["<section id='dedup'><h2>Near-duplicates and leakage</h2>",
+           f"<p>{a.get('clusters', 0):,} clusters hold {a.get('questions_in_clusters', 0):,} questions (largest "
+           f"{a.get('largest_cluster', 0)}; {a.get('capped_clusters', 0)} capped, {a.get('edges_refused', 0)} edges "
+           f"refused). Edges: {_e(pairs)} ({a.get('candidate_pairs', 0):,} MinHash candidates checked). "
+           f"Split keeps each cluster on one side (mode {_e(sp.get('mode'))}): {sp.get('moved_questions') or 0:,} "
+           f"questions moved side against title-only grouping; removed: {_e(removed or 'none')}.</p>"]
+    if d["clusters"]:
+        out.append("<h3>Largest clusters</h3><table class='dups'>")
+        for c in d["clusters"]:
+            cells = "".join(f"<td><b>{m['id']}</b> <span class='why'>{_e(m['side'])}</span><br>{_e(m['title'])}</td>"
+                            for m in c["members"])
+            ev = "; ".join(f"{e['a']}–{e['b']} {e['kind']}" + (f" {e['jaccard']:.2f}" if e["jaccard"] is not None
+                                                               else "") + ("" if e["joined"] else " (refused)")
+                           for e in c["edges"][:8])
+            out.append(f"<tr><th>{c['cluster']}<br><span class='why'>{len(c['members'])} questions</span></th>{cells}"
+                       f"</tr><tr><td></td><td colspan='{len(c['members'])}' class='detail'>{_e(ev)}</td></tr>")
+        out.append("</table>")
+    if d["eval_matches"]:
+        out.append("<h3>Questions matching a human-eval question</h3><table><tr><th>id</th><th>title</th>"
+                   "<th>human-eval question</th><th class='n'>similarity</th><th>side</th></tr>")
+        for m in d["eval_matches"]:
+            out.append(f"<tr><td>{m['id']}</td><td>{_e(m['title'])}</td><td>{_e(m['eval_question'])}</td>"
+                       f"<td class='n'>{m['similarity']:.2f}</td><td>{_e(m['side'])}</td></tr>")
+        out.append("</table>")
+    return "".join(out) + "</section>"
 
 
 # ----------------------------------------------------------------------------- GX Data Docs, offline

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import copy_project, run
 from stages.app.funnel import DATA_STAGES
-from stages.app.report import bars_svg, funnel_svg, histogram, offline_page
+from stages.app.report import bars_svg, dedup_section, funnel_svg, histogram, offline_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EXTERNAL_FETCH = re.compile(r"<(?:script|img|iframe|link|source|video|audio)\b[^>]*(?:src|href)\s*=\s*['\"]?"
@@ -56,6 +56,22 @@ def test_offline_page_drops_everything_that_fetches():
     assert "<script" not in out and "<footer" not in out and "</head>" in out
 
 
+def test_dedup_section_shows_a_cluster_side_by_side():
+    d = {"audit": {"clusters": 1, "questions_in_clusters": 2, "largest_cluster": 2, "pairs": {"near_duplicate": 1}},
+         "split": {"mode": "group", "moved_questions": 1, "questions_removed": {"eval_overlap": 1}},
+         "clusters": [{"cluster": 4, "members": [{"id": 4, "title": "Sort a <dict>", "side": "train"},
+                                                 {"id": 9, "title": "Sorting a dict", "side": "train"}],
+                       "edges": [{"a": 4, "b": 9, "kind": "near_duplicate", "jaccard": 0.81, "joined": True}]}],
+         "eval_matches": [{"id": 5, "title": "How to install numpy 3", "side": "removed: eval_overlap",
+                           "eval_question": "How to install Numpy?", "similarity": 0.76}]}
+    page = dedup_section(d)
+    row = re.search(r"<tr><th>4<br>.*?</tr>", page).group(0)
+    assert row.index("<b>4</b>") < row.index("<b>9</b>") and "Sort a &lt;dict&gt;" in row   # one row, in id order
+    assert "4–9 near_duplicate 0.81" in page and "1 questions moved side" in page
+    assert "How to install Numpy?" in page and "0.76" in page
+    assert dedup_section(None) == ""
+
+
 # ----------------------------------------------------------------------------- the built report
 @pytest.mark.slow
 def test_report_stage_writes_an_offline_report(built: Path):
@@ -75,6 +91,7 @@ def test_report_stage_writes_an_offline_report(built: Path):
             assert f"{s} · {reason}" in page
     assert "score_below_min" in page
     assert "Split sizes" in page and "Text length in characters" in page and "<svg" in page
+    assert "id='dedup'" in page and "Near-duplicates and leakage" in page
     # Offline: no CDN, no script at all, nothing fetched from a network in any page.
     for html_file in (built / "reports").rglob("*.html"):
         text = html_file.read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run
 
-GENERATED = ["data/raw", "data/stripped", "data/utf8", "data/filtered", "data/top2", "data/split", "data/shards",
+GENERATED = ["data/raw", "data/stripped", "data/utf8", "data/dedup", "data/filtered", "data/top2", "data/split", "data/shards",
              "data/rejects/ingest.parquet", "gx/uncommitted/failures/x.html", "reports/index.html", "dvc_plots/index.html",
              "models/.checkpoints/step-1/x", "stages/core/__pycache__/x.pyc", ".hypothesis/x"]
 

@@ -46,7 +46,7 @@ def test_no_stage_lists_a_runtime_setting(name):
     assert not [d for d in DVC[name]["deps"] if d in RUNTIME_ONLY]
 
 
-@pytest.mark.parametrize("name", ["ingest", "strip_html", "validate_utf", "filter_upvotes", "top_answers", "split",
+@pytest.mark.parametrize("name", ["ingest", "strip_html", "validate_utf", "filter_upvotes", "dedup", "top_answers", "split",
                                   "shard"])
 def test_a_data_stage_entry_is_its_declaration(name):
     stage = DVC[name]

@@ -21,6 +21,7 @@ import yaml
 
 from conftest import SHARED, copy_project, run
 from stages.app.funnel import DATA_STAGES
+from test_determinism import RUN_ORDER
 from stages.curate.strip_html import looks_like_html, strip_html
 
 MAKE_CORPUS = SHARED / "bench" / "make_corpus.py"
@@ -47,7 +48,7 @@ def run_data_stages(proj: Path, source: Path) -> dict[str, str]:
     params["ingest"]["source"] = str(source)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     logs = {}
-    for stage in DATA_STAGES:
+    for stage in RUN_ORDER:
         proc = run([sys.executable, "-m", f"stages.curate.{stage}"], proj, check=False)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, \
             f"stage {stage} crashed ({proc.returncode}):\n{proc.stderr[-3000:]}"

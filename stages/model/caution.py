@@ -53,5 +53,5 @@ def caution(summary: dict[str, Any]) -> str | None:
     """One line for a toy model's answers; None for a model that is not one."""
     if not is_toy(summary):
         return None
-    return f"caution: a toy model ({trained_on(summary)}): its answers show the pipeline working, not answers; " \
+    return f"caution: a toy model ({trained_on(summary)}): its answers only show that the pipeline works; " \
            f"{REAL_ANSWERS}."

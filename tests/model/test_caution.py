@@ -12,7 +12,7 @@ SAMPLE = training_summary({"init": "scratch", "preset": "tiny", "parameters": 42
 def test_the_sample_model_is_a_toy_and_the_line_says_what_and_how():
     line = caution(SAMPLE)
     assert line == ("caution: a toy model (426,368 parameters, trained from scratch (preset tiny) on 39 "
-                    "question-answer pairs): its answers show the pipeline working, not answers; for real answers "
+                    "question-answer pairs): its answers only show that the pipeline works; for real answers "
                     "train on the full dataset (README: Your own data), start from a pretrained checkpoint "
                     "(dvc exp run -S model.init=models/flan-t5-base) and use a GPU.")
     assert "\n" not in line

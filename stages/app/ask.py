@@ -58,9 +58,12 @@ def load_model(model_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) from `model_dir`, or AskError saying how to get one."""
     if not (model_dir / "config.json").is_file():
         raise AskError(f"no trained model at {model_dir}: {NO_MODEL_HINT}")
+    from transformers.utils import logging as hf_logging
+
     from stages.core.errors import StageError
     from stages.model.evaluate import load_trained
 
+    hf_logging.disable_progress_bar()        # "Loading weights" bars: noise above the answers
     try:
         return load_trained(model_dir)
     except (OSError, ValueError, StageError) as exc:

@@ -13,7 +13,7 @@ export GX_ANALYTICS_ENABLED := false
 
 .PHONY: install repro test funnel clean clean-cache
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed .dvc/plots_offline.html
 
 # torch is pinned in the same pip command as everything else (a local CPU wheel; unpinned, pip
 # pulls the CUDA build). constraints.txt pins the whole dependency tree.
@@ -22,6 +22,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
+
+# The page `dvc plots show/diff` fill, with vega, vega-lite and vega-embed inline (from the pinned
+# vl-convert-python), so the charts draw offline; .dvc/config names it.
+.dvc/plots_offline.html: $(VENV)/.installed
+	$(PY) -m stages.app.plots $@
 
 repro: install
 	PATH="$(BIN):$$PATH" dvc repro

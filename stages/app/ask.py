@@ -6,9 +6,10 @@
 
 The model (models/qa-t5/, written by the train stage) writes Stack Overflow-style markdown:
 prose, ``` fenced code, `inline` code, "- " list items. Answers are rendered with rich:
-fenced code is syntax-highlighted, inline code styled. The generation settings are the
-model's own (generation_config.json, from the `generate:` params it was trained with); the
-flags override them for one call.
+fenced code is syntax-highlighted, inline code styled. The generation settings are read now
+from the `generate:` section of params.yaml (--params; the ones the evaluate stage uses), the
+model's own defaults where there is no such file; the flags override them for one call.
+A toy model (stages/model/caution.py) answers under a one-line caution.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Iterable, Sequence, TextIO
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see stages/model/evaluate.py; before torch is imported
 MODEL_DIR = Path("models") / "qa-t5"
+PARAMS_FILE = Path("params.yaml")
 NO_MODEL_HINT = "run `dvc repro` (or `make repro`) to train one first, or pass --model FOLDER"
 _LANGUAGE_TAG = re.compile(r"[A-Za-z0-9_+#.-]{1,20}")
 
@@ -56,9 +58,12 @@ def load_model(model_dir: Path) -> tuple[Any, Any]:
     """(model, tokenizer) from `model_dir`, or AskError saying how to get one."""
     if not (model_dir / "config.json").is_file():
         raise AskError(f"no trained model at {model_dir}: {NO_MODEL_HINT}")
+    from transformers.utils import logging as hf_logging
+
     from stages.core.errors import StageError
     from stages.model.evaluate import load_trained
 
+    hf_logging.disable_progress_bar()        # "Loading weights" bars: noise above the answers
     try:
         return load_trained(model_dir)
     except (OSError, ValueError, StageError) as exc:
@@ -66,21 +71,33 @@ def load_model(model_dir: Path) -> tuple[Any, Any]:
                        f"{NO_MODEL_HINT}") from None
 
 
-def generation_settings(model: Any, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The model's own generate settings (from its generation_config.json), flags on top."""
+def generation_settings(model: Any, params_file: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml's `generate:` settings (what evaluate uses), else the model's own; flags on top."""
+    from stages.core.params import load_params
     from stages.model.evaluate import GENERATE_KEYS
 
-    gc = model.generation_config
-    settings = {k: getattr(gc, k) for k in GENERATE_KEYS if getattr(gc, k, None) is not None}
+    if params_file.is_file():
+        section = load_params(params_file).get("generate") or {}
+        settings = {k: section[k] for k in GENERATE_KEYS if k in section}
+    else:
+        gc = model.generation_config
+        settings = {k: getattr(gc, k) for k in GENERATE_KEYS if getattr(gc, k, None) is not None}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
+
+
+def model_caution(model: Any, model_dir: Path) -> str | None:
+    """The caution line for a toy model (None for a real one), from the train stage's summary."""
+    from stages.model.caution import caution, read_summary
+
+    return caution(read_summary(model_dir, sum(p.numel() for p in model.parameters())))
 
 
 def answer_questions(model: Any, tokenizer: Any, questions: Sequence[str], settings: dict[str, Any],
                      batch_size: int | None = None) -> list[str]:
     """The model's answers, in question order, generated in length-sorted batches."""
     from stages.model.evaluate import batch_size as auto_batch_size
-    from stages.model.evaluate import generate_ids, generation_config
+    from stages.model.evaluate import decode_answers, generate_ids, generation_config
     from stages.model.prompt import format_source
 
     max_source = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
@@ -88,7 +105,7 @@ def answer_questions(model: Any, tokenizer: Any, questions: Sequence[str], setti
                     max_length=max_source)["input_ids"]
     gen = generate_ids(model, ids, generation_config(model, settings), batch_size or auto_batch_size("auto"),
                        tokenizer.pad_token_id, tokenizer.eos_token_id)
-    return tokenizer.batch_decode(gen.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return decode_answers(tokenizer, gen.sequences)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -158,8 +175,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", type=Path, action="append", metavar="FILE",
                    help="a file of questions, one a line (# comments and blank lines skipped); repeatable")
     p.add_argument("--model", type=Path, default=MODEL_DIR, help=f"trained model folder (default {MODEL_DIR})")
-    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the model's, 256)")
-    p.add_argument("--num-beams", type=int, help="beam search width (default: the model's)")
+    p.add_argument("--params", type=Path, default=PARAMS_FILE,
+                   help=f"generation settings: the `generate:` section of this file (default {PARAMS_FILE}; "
+                        "without it, the model's own)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: generate.max_new_tokens)")
+    p.add_argument("--num-beams", type=int, help="beam search width (default: generate.num_beams)")
     p.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeating n-grams of this size (0: off)")
     p.add_argument("--repetition-penalty", type=float, help="penalty on tokens already generated (1.0: off)")
     p.add_argument("--raw", action="store_true", help="print the answers as plain text, no markdown rendering")
@@ -180,13 +200,18 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, console: Any = No
         from stages.model.evaluate import set_cpu_threads
 
         set_cpu_threads(model, "auto")
-        settings = generation_settings(model, {
+        settings = generation_settings(model, args.params, {
             "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
             "no_repeat_ngram_size": args.no_repeat_ngram_size, "repetition_penalty": args.repetition_penalty})
         answers = answer_questions(model, tokenizer, questions, settings)
+        warning = model_caution(model, args.model)
     except (AskError, StageError) as exc:
         console_err().print(f"[bold red]error[/] {exc}", soft_wrap=True, highlight=False)
         return 1
+    if warning:
+        from rich.text import Text
+
+        console.print(Text(warning, style="bold yellow"), soft_wrap=True)
     render(questions, answers, console, raw=args.raw)
     return 0
 

@@ -3,12 +3,16 @@
 It reads what the data stages left behind: their audits (metrics/audit), their quality results
 (metrics/quality), their rejected rows (data/rejects) and the curated data, and writes
 
-  reports/index.html         the funnel (where rows were lost, by reason, with example rows),
-                             each stage's expectation results, text length and score
-                             distributions, split sizes; inline CSS and SVG, no script, no CDN
+  reports/index.html         the funnel (where rows were lost, by reason, with example rows; a
+                             stage whose audit is missing says so), each stage's expectation
+                             results, text length and score distributions, split sizes, the
+                             model's scores and its answers to the human-eval questions (under
+                             the toy-model caution); inline CSS and SVG, no script, no CDN
   reports/data_docs/<stage>.html   GX Data Docs of each stage's validation, rendered offline
                              (GX's page templates pull bootstrap/jquery/vega from CDNs: those
-                             tags are removed and GX's own stylesheet is inlined)
+                             tags are removed; GX's own stylesheet and ours for the bootstrap
+                             classes it uses are inlined). No run time: the pages are rebuilt
+                             from stored results, and the same results give the same bytes
   reports/report.json        the numbers behind the page
 
 Big inputs are never read whole: rejects are streamed for their first examples, texts for
@@ -27,7 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow.compute as pc
 
-from stages.app.funnel import DATA_STAGES, print_funnel
+from stages.app.funnel import DATA_STAGES, RECOVER, print_funnel, unit, units_note
 from stages.core.outputs import DATA, METRICS, atomic_path
 from stages.core.params import load_params
 from stages.core.parquet import iter_parquet
@@ -88,6 +92,7 @@ def column_histogram(paths: list[Path], column: str, edges: list[float], length:
 
 def gather(params: dict[str, Any]) -> dict[str, Any]:
     audits = {s: a for s in DATA_STAGES if (a := _read_json(METRICS / "audit" / f"{s}.json"))}
+    model = {"metrics": _read_json(METRICS / "eval.json"), "human_eval": _read_json(DATA / "eval" / "human_eval.json")}
     quality = {s: q for s in DATA_STAGES if (q := _read_json(METRICS / "quality" / f"{s}.json"))}
     examples = {s: reject_examples(DATA / "rejects" / f"{s}.parquet", a.get("rejected_by_reason", {}))
                 for s, a in audits.items()}
@@ -104,7 +109,7 @@ def gather(params: dict[str, Any]) -> dict[str, Any]:
         },
     }
     split = audits.get("split", {})
-    return {"audits": audits, "quality": quality, "examples": examples, "distributions": dist,
+    return {"audits": audits, "quality": quality, "examples": examples, "distributions": dist, "model": model,
             "dedup": dedup_clusters(),
             "split_rows": split.get("split_rows", {}), "split_questions": split.get("split_questions", {}),
             "params": {"min_score": params.get("filter", {}).get("min_score"),
@@ -203,6 +208,9 @@ svg.chart{max-width:100%;height:auto}.chart .lbl,.chart .num,.chart .tick{font-s
 figure{margin:10px 0}figcaption{font-weight:600;margin-bottom:4px}.why{color:#555}
 details summary{cursor:pointer;color:#3b6fd8}table.exp td:nth-child(2){width:34%;overflow-wrap:anywhere}
 table.exp td:nth-child(3){width:40%}
+.caution{background:#fff4d6;border:1px solid #e8c15a;border-radius:6px;padding:8px 12px;font-weight:600}
+pre.answer{background:#f6f7fb;border:1px solid #e1e5ef;border-radius:6px;padding:8px;white-space:pre-wrap;
+max-height:16em;overflow:auto;font:12px ui-monospace,Menlo,Consolas,monospace}h4{margin:12px 0 4px}
 table.rej{table-layout:fixed}table.rej th:nth-child(1){width:14%}table.rej th:nth-child(2){width:14%}.detail{color:#555;max-width:520px;overflow-wrap:anywhere}
 """
 
@@ -216,7 +224,7 @@ def _quality_badge(q: dict[str, Any] | None) -> str:
 
 def render(data: dict[str, Any], docs: dict[str, str]) -> str:
     audits, quality = data["audits"], data["quality"]
-    first = next(iter(audits.values()), None)
+    first = audits.get("ingest")
     pairs = data["split_rows"]
     lost = {s: a["rejected"] for s, a in audits.items()}
     worst = max(lost, key=lost.get) if any(lost.values()) else None
@@ -238,20 +246,29 @@ def render(data: dict[str, Any], docs: dict[str, str]) -> str:
                f"<div class='card {c}'>{_e(t)}<b>{_e(v)}</b></div>" for t, v, c in cards) + "</div></section>"]
 
     # Funnel
+    missing = [s for s in DATA_STAGES if s not in audits]
     out.append("<section id='funnel'><h2>Funnel: where rows were lost</h2>" + funnel_svg(audits)
-               + "<p class='why'>Rows are posts (questions + answers) up to top_answers, which joins each kept "
-                 "answer with its question: from split on, a row is one question–answer pair.</p>")
-    out.append("<table><tr><th>stage</th><th class='n'>rows in</th><th class='n'>rows out</th>"
+               + f"<p class='why'>{_e(units_note(list(audits.values())).capitalize())}.</p>")
+    if missing:
+        out.append(f"<p class='fail'>Audit missing for {_e(', '.join(missing))}: its stage failed or never ran, "
+                   f"so this funnel is incomplete. {_e(RECOVER[0].upper() + RECOVER[1:])}.</p>")
+    out.append("<table><tr><th>stage</th><th>unit</th><th class='n'>rows in</th><th class='n'>rows out</th>"
                "<th class='n'>rejected</th><th class='n'>kept %</th><th>rejected by reason</th><th>repaired</th>"
                "<th>quality</th></tr>")
-    for s, a in audits.items():
+    for s in DATA_STAGES:
+        if s not in audits:
+            out.append(f"<tr class='worst'><td>{_e(s)}</td><td></td><td class='fail' colspan='7'>audit missing "
+                       f"(no <code>metrics/audit/{_e(s)}.json</code>)</td></tr>")
+            continue
+        a = audits[s]
         # Rounded down, so a stage that lost 30 of 150k rows does not read "100.0".
         share = f"{math.floor(1000 * a['rows_out'] / a['rows_in']) / 10:.1f}" if a["rows_in"] else "-"
         reasons = "<br>".join(f"{_e(k)}: {v:,}" for k, v in a.get("rejected_by_reason", {}).items()) or "–"
         repaired = "<br>".join(f"{_e(k)}: {v:,}" for k, v in a.get("repaired_by_kind", {}).items()) or "–"
         cls = " class='worst'" if s == worst else ""
-        out.append(f"<tr{cls}><td><a href='#stage-{_e(s)}'>{_e(s)}</a></td><td class='n'>{a['rows_in']:,}</td>"
-                   f"<td class='n'>{a['rows_out']:,}</td><td class='n'>{a['rejected']:,}</td><td class='n'>{share}</td>"
+        joined = f" ({a['pairs']:,} pairs)" if "pairs" in a and unit(a) == "posts" else ""
+        out.append(f"<tr{cls}><td><a href='#stage-{_e(s)}'>{_e(s)}</a></td><td>{unit(a)}</td>"
+                   f"<td class='n'>{a['rows_in']:,}</td><td class='n'>{a['rows_out']:,}{joined}</td><td class='n'>{a['rejected']:,}</td><td class='n'>{share}</td>"
                    f"<td>{reasons}</td><td>{repaired}</td><td>{_quality_badge(quality.get(s))}</td></tr>")
     out.append("</table></section>")
 
@@ -319,6 +336,7 @@ def render(data: dict[str, Any], docs: dict[str, str]) -> str:
     out.append(f"</table><p>train is stored in {shard.get('shards', 0)} shard(s) of up to {_e(p['shard_size'])} "
                f"pairs: {', '.join(str(x) for x in shard.get('shard_rows', []))}.</p></section>")
     out.append(dedup_section(data.get("dedup")))
+    out.append(model_section(data.get("model") or {}))
     out.append("</main></body></html>")
     return "".join(out)
 
@@ -428,6 +446,34 @@ def dedup_section(d: dict[str, Any] | None) -> str:
     return "".join(out) + "</section>"
 
 
+MODEL_METRICS = ("rouge1", "rouge2", "rougeL", "test_loss", "gen_len", "repetition_rate", "empty_rate")
+
+
+def model_section(model: dict[str, Any]) -> str:
+    """The evaluate stage's scores (trained vs initial) and the model's answers to the human-eval
+    questions, under the toy-model caution when it applies."""
+    metrics, answers = model.get("metrics"), model.get("human_eval")
+    out = ["<section id='model'><h2>Model: <code>models/qa-t5</code> on the test split</h2>"]
+    if not metrics or not answers:
+        return out[0] + "<p>Not evaluated yet (<code>dvc repro evaluate</code>).</p></section>"
+    if answers.get("caution"):
+        out.append(f"<p class='caution'>{_e(answers['caution'][0].upper() + answers['caution'][1:])}</p>")
+    initial = metrics.get("initial") or {}
+    out.append(f"<p>{metrics['examples']:,} of {metrics['test_pairs']:,} test pairs; generation "
+               + ", ".join(f"{_e(k)}={_e(v)}" for k, v in answers.get("settings", {}).items())
+               + ".</p><table><tr><th>metric</th><th class='n'>trained</th><th class='n'>initial</th></tr>")
+    for k in MODEL_METRICS:
+        if k in metrics:
+            before = f"{initial[k]:.4g}" if k in initial else "–"
+            out.append(f"<tr><td>{k}</td><td class='n'>{metrics[k]:.4g}</td><td class='n'>{before}</td></tr>")
+    out.append("</table><h3>Answers to the human-evaluation questions</h3>")
+    for item in answers.get("answers", []):
+        out.append(f"<h4>{_e(item['question'])}</h4><pre class='answer'>{_e(item['answer'].strip()) or '(empty)'}"
+                   "</pre>")
+    out.append("</section>")
+    return "".join(out)
+
+
 # ----------------------------------------------------------------------------- GX Data Docs, offline
 _EXTERNAL_TAG = re.compile(r"<(?:link|img)\b[^>]*(?:href|src)\s*=\s*['\"](?:https?:)?//[^>]*>|"
                            r"<link\b[^>]*rel=['\"]shortcut icon['\"][^>]*>", re.IGNORECASE)
@@ -436,12 +482,45 @@ _CSS_URL = re.compile(r"url\(\s*['\"]?(?:https?:)?//[^)]*\)", re.IGNORECASE)
 _FOOTER = re.compile(r"<footer\b.*?</footer>", re.IGNORECASE | re.DOTALL)   # a newsletter form
 # The suite pages GX links to are not built (the suites live in the stages/curate modules): link our report.
 _SUITE_LINK = re.compile(r"href=\"(?:\.\./)+expectations/[^\"]*\"")
-DOCS_CSS = """body{font:14px system-ui,sans-serif;margin:0 1.5em}table{border-collapse:collapse}
-td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top}.container-fluid{max-width:1200px}
-.col-md-2,.ge-breadcrumbs{display:none}.alert-danger,.text-danger{color:#b3261e}.text-success{color:#0a7d32}
-.hide-succeeded-validations-column-section{display:none}
+_HOME_LINK = re.compile(r"href=\"(?:\.\./)+index\.html\"")       # GX's site index: ours is one folder up
+# GX's pages are laid out with bootstrap 4 classes, fetched from a CDN: the classes they use, styled
+# here (in the report's colours), so the pages look right offline. The "Show all / Failed only" and
+# "Show more info" controls need bootstrap's JavaScript: hidden, their content always shown.
+DOCS_CSS = """*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2433;background:#f6f7fb}
+a{color:#3b6fd8}h4{font-size:18px;margin:0 0 4px}h5{font-size:15px}h6,.h6{font-size:13px;font-weight:600;margin:0}
+.lead{color:#555;margin:0 0 12px}.m-0{margin:0}.mb-1{margin-bottom:4px}.mt-1{margin-top:4px}.mb-3{margin-bottom:16px}
+.navbar.sticky-top{background:#1d2433;height:auto!important;padding:14px 32px;display:flex;align-items:center}
+.navbar-brand{display:none}.breadcrumb{display:flex!important;flex-wrap:wrap;list-style:none;margin:0;padding:0;
+background:none!important;color:#c9d1e4}.breadcrumb-item a{color:#fff;font-weight:600}
+.breadcrumb-item+.breadcrumb-item::before{content:"/";padding:0 8px;color:#8a94ad}
+.container-fluid{width:100%;padding:8px 16px}.ge-section.container-fluid{padding:0}
+.row{display:flex;flex-wrap:wrap;margin:0 -8px}[class*="col-"]{padding:0 8px;min-width:0}
+.col-12{flex:0 0 100%;max-width:100%}.col-6{flex:0 0 50%;max-width:50%}.col-4{flex:0 0 33.3%;max-width:33.3%}
+.col-md-2{flex:0 0 20%;max-width:20%}.col-md-10{flex:0 0 80%;max-width:80%}
+.card{background:#fff;border:1px solid #e1e5ef;border-radius:8px;margin-bottom:16px;overflow:hidden}
+.card-header{background:#f0f2f8;padding:8px 12px;border-bottom:1px solid #e1e5ef}.card-body{padding:8px 12px}
+.sticky{position:sticky;top:12px}.sticky>.card.mb-3{display:none}a[data-toggle="collapse"]{display:none}
+.collapse{display:block}.card.collapse{margin:8px 0}
+.nav{list-style:none;margin:0;padding:0;display:block}.nav-item{display:block}
+.nav-link{display:block;padding:3px 6px;text-decoration:none;border-radius:4px}.nav-link:hover{background:#f0f2f8}
+.ge-section{background:#fff;border:1px solid #e1e5ef;border-radius:8px;padding:12px 16px!important;margin:0 0 16px}
+.alert{padding:0;margin:0 0 8px;background:none;border:0}.alert h5{font-size:17px;margin:0 0 6px}
+.table{width:100%;border-collapse:collapse;margin:6px 0}.table td,.table th{border:0;border-bottom:1px solid #e8ebf3;
+padding:5px 8px;text-align:left;vertical-align:top}.table th{background:#f0f2f8;font-weight:600}
+.table-responsive{overflow-x:auto}.show-scrollbars{overflow-wrap:anywhere}
+.text-success{color:#0a7d32}.text-danger,.alert-danger{color:#b3261e}.text-muted{color:#6b7280}
+.badge{display:inline-block;padding:1px 6px;border-radius:4px;background:#f0f2f8;font-size:12px}
+.hide-succeeded-validations-column-section{display:none}.d-none{display:none}
+@media (min-width:768px){.d-md-block{display:block!important}}
+@media (max-width:767px){.col-md-2,.col-md-10,.col-6{flex:0 0 100%;max-width:100%}}
 .fas{font-style:normal}.fa-check-circle::before{content:"\\2714"}.fa-times::before,.fa-times-circle::before{content:"\\2716"}
 .fa-exclamation-triangle::before{content:"\\26A0"}"""
+_JINJA = re.compile(r"\{%.*?%\}", re.DOTALL)
+# GX renders a missing run time as "__none__": the pages are rebuilt from stored results, so the
+# validation's own time is not kept (a fixed fake one read as 1970-01-01); the info table says so.
+_NO_RUN_TIME = re.compile(r"(Run Time</div></td><td[^>]*><div class=\"show-scrollbars\">)__none__")
+NO_RUN_TIME = "not recorded: the run is the commit whose dvc.lock holds this data version"
 
 
 def offline_page(page: str) -> str:
@@ -451,7 +530,9 @@ def offline_page(page: str) -> str:
     page = _CSS_URL.sub("none", page)
     page = _FOOTER.sub("", page)
     page = _SUITE_LINK.sub('href="../index.html#quality"', page)
-    gx_css = _gx_default_css()
+    page = _HOME_LINK.sub('href="../index.html"', page)
+    page = _NO_RUN_TIME.sub(lambda m: m.group(1) + NO_RUN_TIME, page).replace(" / __none__", "")
+    gx_css = _JINJA.sub("", _gx_default_css())
     return page.replace("</head>", f"<style>{_CSS_URL.sub('none', gx_css)}\n{DOCS_CSS}</style></head>", 1)
 
 
@@ -507,7 +588,7 @@ def build_data_docs(quality: dict[str, dict[str, Any]], out_dir: Path) -> dict[s
                   "active_batch_definition": {"datasource_name": "soqa", "data_connector_name": "dvc",
                                               "data_asset_name": STAGE_OUTPUT.get(stage, stage),
                                               "batch_identifiers": {}},
-                  "run_id": {"run_name": f"dvc repro: {stage}", "run_time": "1970-01-01T00:00:00+00:00"}})
+                  "run_id": {"run_name": f"dvc repro: {stage}"}})
         page = _numbered_view(DefaultJinjaPageView).render(ValidationResultsPageRenderer().render(suite_result))
         (out_dir / f"{stage}.html").write_text(offline_page(page), encoding="utf-8")
         links[stage] = f"{out_dir.name}/{stage}.html"

@@ -8,14 +8,22 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 
 
+PIPED_WIDTH = 132    # tables written to a pipe or file: wide enough for the funnel's columns
+
+
 def console() -> Console:
-    # Piped output (make, CI logs) gets a fixed width wide enough for the funnel's columns.
-    con = Console(highlight=False)
-    return con if con.is_terminal else Console(highlight=False, width=132)
+    return _console(stderr=False)
 
 
 def console_err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _console(stderr=True)
+
+
+def _console(stderr: bool) -> Console:
+    # Piped output (make, CI logs, `dvc repro > log`): rich would wrap every line at 80 columns
+    # ("[0.5\ns]"); soft wrap leaves lines whole, and tables get a fixed width.
+    con = Console(stderr=stderr, highlight=False)
+    return con if con.is_terminal else Console(stderr=stderr, highlight=False, width=PIPED_WIDTH, soft_wrap=True)
 
 
 def print_error(message: str) -> None:

@@ -14,14 +14,21 @@ default length, and its answers often looped. Here, on the fixed `data/split/tes
 - the same for the initial model (freshly initialised with the train seed for
   `model.init: scratch`, else the pretrained checkpoint), under "initial";
 - the six human-evaluation questions answered into metrics/human_eval.md, so a commit's diff
-  shows how the answers changed.
+  shows how the answers changed, under a one-line caution when the model is a toy
+  (stages/model/caution.py).
+
+The `generate:` params are read here (and by `soqa ask`) only: the train stage does not depend on
+them, so changing one reruns this stage, not training. Byte-fallback pieces that do not form
+UTF-8 are dropped from the answers, never shown as U+FFFD.
 
 Outputs: metrics/eval.json (DVC metrics), data/eval/predictions.parquet (predictions with
-their references and per-example scores), metrics/human_eval.md.
+their references and per-example scores), data/eval/human_eval.json (the answers, the model's
+training summary and its caution, for the report), metrics/human_eval.md.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -39,6 +46,7 @@ from stages.core.console import exit_on_stage_error
 from stages.core.errors import StageError
 from stages.core.outputs import DATA, METRICS, clean_stale_tmp, commit_path, tmp_sibling, write_json
 from stages.core.params import load_params
+from stages.model.caution import caution, read_summary
 from stages.model.prompt import format_source
 
 # OpenMP threads that spin while waiting stall every op when the CPU is shared (as stages/model/train.py
@@ -51,6 +59,7 @@ QUESTIONS_FILE = DATA / "human_eval" / "questions.txt"
 EVAL_DIR = DATA / "eval"
 METRICS_FILE = METRICS / "eval.json"
 HUMAN_EVAL_FILE = METRICS / "human_eval.md"
+HUMAN_EVAL_JSON = "human_eval.json"     # in EVAL_DIR
 ROUGE_MODULE = Path(__file__).resolve().parent / "rouge"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 GENERATE_KEYS = ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "repetition_penalty")
@@ -145,10 +154,28 @@ def generation_config(model: Any, settings: dict[str, Any]) -> Any:
     cfg.num_beams = int(settings.get("num_beams", 1))
     cfg.no_repeat_ngram_size = int(settings.get("no_repeat_ngram_size", 0))
     cfg.repetition_penalty = float(settings.get("repetition_penalty", 1.0))
+    cfg.early_stopping = cfg.num_beams > 1
     if cfg.max_new_tokens < 1 or cfg.num_beams < 1 or cfg.repetition_penalty <= 0:
         raise StageError(f"generate: max_new_tokens and num_beams must be >= 1 and repetition_penalty > 0, "
                          f"got {settings}")
     return cfg
+
+
+def decode_answers(tokenizer: Any, sequences: Sequence[Sequence[int]]) -> list[str]:
+    """Token ids -> answer texts, special tokens skipped. A byte-fallback piece (<0xE2>) that does not
+    complete a UTF-8 character decodes to U+FFFD; the curated texts never hold one (validate_utf
+    rejects them), so every U+FFFD is such an undecodable piece, and it is dropped."""
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return [t.replace("\ufffd", "") for t in texts]
+
+
+def generate_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml `generate:`, every key present."""
+    settings = dict(params.get("generate", {}) or {})
+    missing = [k for k in GENERATE_KEYS if k not in settings]
+    if missing:
+        raise StageError(f"params.yaml generate: missing {', '.join(missing)}")
+    return settings
 
 
 @dataclass
@@ -329,7 +356,7 @@ def score_model(model: Any, tokenizer: Any, sources: list[str], references: list
     src_ids = tokenizer([*sources, *question_sources], truncation=True, max_length=p["max_source_length"])["input_ids"]
     tgt_ids = tokenizer(text_target=references, truncation=True, max_length=p["max_target_length"])["input_ids"]
     gen = generate_ids(model, src_ids, generation_config(model, settings), p["batch_size"], pad_id, eos_id)
-    texts = tokenizer.batch_decode(gen.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    texts = decode_answers(tokenizer, gen.sequences)
     predictions, answers = texts[:n], texts[n:]
     gen_lengths = gen.lengths[:n]
     loss = teacher_forced_loss(model, src_ids[:n], tgt_ids, p["batch_size"], pad_id)
@@ -382,7 +409,7 @@ def markdown_answer(text: str) -> str:
 
 
 def human_eval_markdown(questions: Sequence[str], answers: Sequence[str], initial_answers: Sequence[str] | None,
-                        settings: dict[str, Any], initial_desc: str) -> str:
+                        settings: dict[str, Any], initial_desc: str, warning: str | None = None) -> str:
     """metrics/human_eval.md: each question with the trained model's answer (and the initial one folded).
 
     Nothing run-dependent (times, paths of temp dirs) goes in, so `git diff` shows answer changes only.
@@ -391,6 +418,8 @@ def human_eval_markdown(questions: Sequence[str], answers: Sequence[str], initia
     out = ["# Human evaluation: answers of models/qa-t5", "",
            f"Written by the `evaluate` stage from `{QUESTIONS_FILE.as_posix()}` ({gen}).",
            "Read the answers; `git diff <commit> -- metrics/human_eval.md` shows how they changed.", ""]
+    if warning:
+        out += [f"> **{warning[0].upper()}{warning[1:]}**", ""]
     for i, q in enumerate(questions):
         out += [f"## {i + 1}. {q}", "", markdown_answer(answers[i]), ""]
         if initial_answers is not None:
@@ -439,11 +468,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     p = eval_params(params)
-    settings = dict(params.get("generate", {}) or {})
+    settings = generate_settings(params)
     if not TEST_SPLIT.exists():
         raise StageError(f"{TEST_SPLIT} is missing; run the split stage first (dvc repro split)")
     questions = read_questions()
     model, tokenizer = load_trained()
+    summary = read_summary(MODEL_DIR, sum(x.numel() for x in model.parameters()))
+    warning = caution(summary)
     threads = set_cpu_threads(model, p["cpu_threads"])
     test = pd.read_parquet(TEST_SPLIT, columns=["question_id", "answer_id", "title", "question", "answer"])
     chosen = select_examples(test, p["max_examples"])
@@ -495,8 +526,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                    tmp_eval / "predictions.parquet", compression="zstd")
     tmp_md = tmp_sibling(HUMAN_EVAL_FILE)
     tmp_md.parent.mkdir(parents=True, exist_ok=True)
-    tmp_md.write_text(human_eval_markdown(questions, answers, initial_answers, settings, initial_desc),
+    tmp_md.write_text(human_eval_markdown(questions, answers, initial_answers, settings, initial_desc, warning),
                       encoding="utf-8")
+    (tmp_eval / HUMAN_EVAL_JSON).write_text(json.dumps(
+        {"model": summary, "caution": warning, "settings": settings,
+         "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)]},
+        indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for final, tmp in {EVAL_DIR: tmp_eval, HUMAN_EVAL_FILE: tmp_md}.items():
         commit_path(tmp, final)
     write_json(METRICS_FILE, result)

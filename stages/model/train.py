@@ -33,6 +33,7 @@ from stages.core.console import exit_on_stage_error
 from stages.core.errors import StageError
 from stages.core.outputs import DATA, METRICS, atomic_path, clean_stale_tmp, write_json
 from stages.core.params import load_params
+from stages.model.caution import SUMMARY_FILE, caution, training_summary
 from stages.model.prompt import format_source
 
 # OpenMP threads busy-wait for each other by default; on a busy machine (shared CI runner, 2 cores)
@@ -49,7 +50,6 @@ TOKENIZER_DIR = DATA / "tokenizer"
 TRAIN_METRICS = METRICS / "train.json"
 LOSS_SVG = METRICS / "train_loss.svg"
 RUN_FILE = "run.json"            # fingerprint of the run a checkpoint folder belongs to
-GENERATE_KEYS = ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "repetition_penalty")
 MEGABATCH = 50                   # batches whose examples are length-sorted together (group_by_length)
 
 
@@ -233,7 +233,7 @@ def file_digest(paths: Iterable[Path]) -> str:
 
 
 def run_fingerprint(params: dict[str, Any], data_files: Sequence[Path]) -> str:
-    """What must be equal for a checkpoint to be resumed: training params, model, generation-free data."""
+    """What must be equal for a checkpoint to be resumed: training params, model, data."""
     relevant = {k: params.get(k) for k in ("model", "train", "tokenizer")}
     blob = json.dumps(relevant, sort_keys=True, default=str) + file_digest(data_files)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -380,12 +380,14 @@ def model_card(meta: dict[str, Any], params: dict[str, Any]) -> str:
     import yaml
 
     m = meta["metrics"]
+    warn = caution(training_summary(meta["model"], meta["data"]["train_pairs"], m["steps"]))
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text2text-generation", "language: en", "---", "",
         "# qa-t5: answers Python questions in the style of Stack Overflow answers", "",
         f"A T5 encoder-decoder trained by the soqa `train` stage ({meta['model']['init']}"
         + (f", preset {meta['model']['preset']}" if meta['model']['preset'] else "")
         + f", {meta['model']['parameters']:,} parameters, vocabulary {meta['model']['vocab_size']}).", "",
+        *([warn, ""] if warn else []),
         "Input: the text `stages/model/prompt.py` `format_source(title, question)` builds "
         f"(include_body: {params.get('model', {}).get('include_body', True)}). Output: the answer text, "
         "code blocks fenced with ``` and indentation kept.", "",
@@ -394,7 +396,8 @@ def model_card(meta: dict[str, Any], params: dict[str, Any]) -> str:
         "tok = AutoTokenizer.from_pretrained('models/qa-t5')",
         "model = AutoModelForSeq2SeqLM.from_pretrained('models/qa-t5')",
         "ids = tok('Answer this Python question: How to install numpy?', return_tensors='pt').input_ids",
-        "print(tok.decode(model.generate(ids)[0], skip_special_tokens=True))  # generation_config.json holds the settings",
+        "out = model.generate(ids, max_new_tokens=256, num_beams=4, no_repeat_ngram_size=4, repetition_penalty=1.2)",
+        "print(tok.decode(out[0], skip_special_tokens=True))  # settings: params.yaml generate (evaluate, soqa ask)",
         "```", "",
         "## Data", "",
         "Stack Overflow Python questions and answers (CC BY-SA), curated by the soqa DVC pipeline.", "",
@@ -413,22 +416,16 @@ def model_card(meta: dict[str, Any], params: dict[str, Any]) -> str:
     lines += ["", "Validation loss at the end of each shard: "
               + ", ".join(f"shard {i}: {v:.4f}" for i, v in enumerate(m.get("val_loss_by_shard", [])) if v is not None),
               "", "## Params", "", "```yaml",
-              yaml.safe_dump({k: params.get(k) for k in ("tokenizer", "model", "train", "generate")}, sort_keys=False).rstrip(),
+              yaml.safe_dump({k: params.get(k) for k in ("tokenizer", "model", "train")}, sort_keys=False).rstrip(),
               "```", ""]
     return "\n".join(lines)
 
 
-def generation_settings(model: Any, generate: dict[str, Any], tokenizer: Any) -> None:
-    """Put the shared generation params (also used by evaluate and `soqa ask`) into generation_config."""
-    missing = [k for k in GENERATE_KEYS if k not in generate]
-    if missing:
-        raise StageError(f"params.yaml generate: missing {', '.join(missing)}")
+def special_tokens(model: Any, tokenizer: Any) -> None:
+    """The generation config saved with the model: its special token ids only. How answers are
+    generated (params.yaml `generate:`) is evaluate's and `soqa ask`'s business, so changing it
+    reruns evaluate, not training."""
     gc = model.generation_config
-    gc.max_new_tokens = int(generate["max_new_tokens"])
-    gc.num_beams = int(generate["num_beams"])
-    gc.no_repeat_ngram_size = int(generate["no_repeat_ngram_size"])
-    gc.repetition_penalty = float(generate["repetition_penalty"])
-    gc.early_stopping = True if gc.num_beams > 1 else False
     gc.max_length = None
     gc.pad_token_id, gc.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     gc.decoder_start_token_id = model.config.decoder_start_token_id
@@ -514,7 +511,7 @@ def train_run(params: dict[str, Any], shard_paths: Sequence[Path], val_path: Pat
     trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_batches,
                       data_collator=BatchCollator(tokenizer, model), processing_class=tokenizer,
                       callbacks=_callbacks(schedule.shard_end_steps, eval_batches is not None, live,
-                                                {k: params.get(k) for k in ("tokenizer", "model", "train", "generate")}))
+                                                {k: params.get(k) for k in ("tokenizer", "model", "train")}))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
@@ -567,7 +564,7 @@ def main() -> None:
                            quiet=quiet)
         model, tokenizer, metrics = result.model, result.tokenizer, result.metrics
         metrics["wall_time_s"] = round(time.perf_counter() - started, 2)   # the stage's, load to save
-        generation_settings(model, params.get("generate", {}) or {}, tokenizer)
+        special_tokens(model, tokenizer)
         meta = {"model": metrics["model"], "metrics": metrics,
                 "data": {"shards": len(shards), "train_pairs": metrics["train_lengths"]["pairs"],
                          "val_pairs": metrics["val_lengths"]["pairs"],
@@ -579,6 +576,8 @@ def main() -> None:
             tokenizer.init_kwargs.pop("local_files_only", None)
             tokenizer.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(model_card(meta, params), encoding="utf-8")
+            summary = training_summary(metrics["model"], metrics["train_lengths"]["pairs"], metrics["steps"])
+            (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         shard_ends = [e["step"] for e in result.log_history if "eval_loss" in e]
         with atomic_path(LOSS_SVG) as tmp:
             tmp.write_text(loss_svg([(e["step"], e["loss"]) for e in result.log_history if "loss" in e],

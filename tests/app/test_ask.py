@@ -27,8 +27,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_t5(tmp_path_factory.mktemp("ask") / "qa-t5")
 
 
+NO_PARAMS = ["--params", "no-such-params.yaml"]      # the model's own generation settings
+
+
 def _ask(argv: list[str], stdin: str = "", color: bool = False) -> tuple[int, str]:
-    """Run `soqa ask ...` in-process; (exit status, what it printed)."""
+    """Run `soqa ask ...` in-process; (exit status, what it printed). Without --params in argv, the
+    model's own generation settings (not the repository's params.yaml)."""
     import argparse
 
     from rich.console import Console
@@ -38,7 +42,8 @@ def _ask(argv: list[str], stdin: str = "", color: bool = False) -> tuple[int, st
                       highlight=False)
     ap = argparse.ArgumentParser()
     ask.add_arguments(ap)
-    rc = ask.run(ap.parse_args(argv), stdin=io.StringIO(stdin), console=console)
+    rc = ask.run(ap.parse_args(argv if "--params" in argv else NO_PARAMS + argv), stdin=io.StringIO(stdin),
+                 console=console)
     return rc, out.getvalue()
 
 
@@ -100,6 +105,34 @@ def test_flags_override_the_model_generation_settings(model_dir: Path) -> None:
     assert len(answer) < len(PAIRS["How to add 2 lists together?"]) / 2
 
 
+def test_generation_settings_come_from_params_yaml_at_ask_time(model_dir: Path, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("generate:\n  max_new_tokens: 3\n  num_beams: 1\n  no_repeat_ngram_size: 0\n"
+                      "  repetition_penalty: 1.0\n")
+    question = "How to add 2 lists together?"
+    rc, out = _ask(["--model", str(model_dir), "--params", str(params), "--raw", question])
+    assert rc == 0
+    answer = _sections(out)[question].strip()
+    assert answer and PAIRS[question].startswith(answer) and len(answer) < len(PAIRS[question]) / 2
+    settings = ask.generation_settings(None, params, {"num_beams": 2})
+    assert settings == {"max_new_tokens": 3, "num_beams": 2, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
+
+
+def test_a_toy_model_answers_under_a_caution(model_dir: Path, tmp_path: Path) -> None:
+    rc, out = _ask(["--model", str(model_dir), "How to install Numpy?"])
+    first = out.splitlines()[0]
+    assert rc == 0 and first.startswith("caution: a toy model (") and "training unknown" in first
+    assert "pretrained checkpoint" in first and "GPU" in first
+    # With the train stage's summary beside the weights, the line says what it was trained on.
+    import shutil
+
+    trained = shutil.copytree(model_dir, tmp_path / "qa-t5")
+    (trained / "training.json").write_text('{"init": "scratch", "preset": "tiny", "parameters": 426368, '
+                                           '"train_pairs": 39, "steps": 15}')
+    rc, out = _ask(["--model", str(trained), "--raw", "How to install Numpy?"])
+    assert rc == 0 and "(426,368 parameters, trained from scratch (preset tiny) on 39 question-answer pairs)" in out
+
+
 def test_clear_errors(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc, out = _ask(["--model", str(tmp_path / "nothing-here"), "How to install Numpy?"])
     assert rc == 1 and out == ""
@@ -120,7 +153,7 @@ def test_soqa_ask_without_a_trained_model(tmp_path: Path) -> None:
 
 
 def test_cli_routes_ask(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["ask", "--model", str(model_dir), "--raw", "How to install Numpy?"]) == 0
+    assert cli.main(["ask", "--model", str(model_dir), *NO_PARAMS, "--raw", "How to install Numpy?"]) == 0
     assert PAIRS["How to install Numpy?"] in capsys.readouterr().out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import copy_project, run
 from stages.app.funnel import DATA_STAGES
-from stages.app.report import bars_svg, dedup_section, funnel_svg, histogram, offline_page
+from stages.app.report import bars_svg, dedup_section, funnel_svg, histogram, model_section, offline_page, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EXTERNAL_FETCH = re.compile(r"<(?:script|img|iframe|link|source|video|audio)\b[^>]*(?:src|href)\s*=\s*['\"]?"
@@ -72,6 +72,32 @@ def test_dedup_section_shows_a_cluster_side_by_side():
     assert dedup_section(None) == ""
 
 
+def _data(audits: dict, model: dict | None = None) -> dict:
+    return {"audits": audits, "quality": {}, "examples": {}, "model": model or {},
+            "distributions": {"lengths": {"a": [0] * 10}, "scores": {"b": [0] * 10}},
+            "split_rows": {}, "split_questions": {}, "params": {"source": "s", "min_score": 2, "k": 2, "shard_size": 9}}
+
+
+def test_a_stage_whose_audit_is_missing_is_shown_not_left_out():
+    a = {"stage": "strip_html", "rows_in": 5, "rows_out": 5, "rejected": 0, "tables": {"questions": {}}}
+    page = render(_data({"strip_html": a}), {})
+    assert "Audit missing for ingest, validate_utf" in page and "git checkout params.yaml &amp;&amp; dvc repro" in page
+    assert page.index(">ingest</td>") < page.index("strip_html</a>")
+    assert "audit missing (no <code>metrics/audit/ingest.json</code>)" in page
+    assert "<td>posts</td>" in page
+
+
+def test_model_section_cautions_about_a_toy_model_and_escapes_answers():
+    model = {"metrics": {"examples": 3, "test_pairs": 3, "rouge1": 0.5, "initial": {"rouge1": 0.1}},
+             "human_eval": {"caution": "caution: a toy model (1 parameters)", "settings": {"num_beams": 4},
+                            "answers": [{"question": "Q <1>?", "answer": "<script>x</script>"}]}}
+    html = model_section(model)
+    assert "<p class='caution'>Caution: a toy model (1 parameters)</p>" in html
+    assert "Q &lt;1&gt;?" in html and "&lt;script&gt;" in html and "<script>" not in html
+    assert "num_beams=4" in html and "<td class='n'>0.5</td><td class='n'>0.1</td>" in html
+    assert "Not evaluated yet" in model_section({})
+
+
 # ----------------------------------------------------------------------------- the built report
 @pytest.mark.slow
 def test_report_stage_writes_an_offline_report(built: Path):
@@ -86,12 +112,19 @@ def test_report_stage_writes_an_offline_report(built: Path):
     audits = {s: json.loads((built / "metrics" / "audit" / f"{s}.json").read_text()) for s in DATA_STAGES}
     # The funnel shows each stage's numbers, and rejected reasons with example rows.
     for s, a in audits.items():
-        assert f"<td class='n'>{a['rows_out']:,}</td>" in page
+        assert f"<td class='n'>{a['rows_out']:,}</td>" in page or f"<td class='n'>{a['rows_out']:,} (" in page
         for reason in a["rejected_by_reason"]:
             assert f"{s} · {reason}" in page
     assert "score_below_min" in page
     assert "Split sizes" in page and "Text length in characters" in page and "<svg" in page
     assert "id='dedup'" in page and "Near-duplicates and leakage" in page
+    assert "<td>posts</td>" in page and "<td>pairs</td>" in page and "question-answer pairs" in page
+    assert "<p class='caution'>Caution: a toy model (" in page and "id='model'" in page
+    # Data Docs: no fake run time, their own styling (GX's bootstrap classes, no CDN).
+    for docs in (built / "reports" / "data_docs").glob("*.html"):
+        text = docs.read_text(encoding="utf-8")
+        assert "1970" not in text and "__none__" not in text and "Run Time" in text, docs
+        assert ".card{" in text and ".navbar.sticky-top{" in text and "{%" not in text, docs
     # Offline: no CDN, no script at all, nothing fetched from a network in any page.
     for html_file in (built / "reports").rglob("*.html"):
         text = html_file.read_text(encoding="utf-8")
@@ -122,7 +155,10 @@ def test_report_renders_in_headless_chromium(built: Path, tmp_path: Path):
         for p in pages:
             page.goto(p.as_uri(), wait_until="load")
             assert page.title(), p
+            if p.parent.name == "data_docs":      # styled offline: section cards on a tinted page
+                assert page.locator(".ge-section").first.evaluate("e => getComputedStyle(e).borderRadius") == "8px"
             if p.name == "index.html":
+                assert page.locator(".caution").is_visible()
                 assert page.locator("#funnel svg").is_visible()
                 assert page.locator("#quality").is_visible()
                 assert page.locator("text=expectations passed").is_visible()

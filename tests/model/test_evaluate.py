@@ -304,6 +304,12 @@ def test_stage_scores_a_trained_model_against_its_initial_one(tmp_path: Path, ti
     numpy_section = md.split("## 1. How to install Numpy?")[1].split("<details>")[0]
     assert PAIRS["How to install Numpy?"] in numpy_section
     assert md.count("<details>") == 2 and "pretrained" in md
+    # A toy model (a tiny T5, no train-stage summary: its size alone decides) answers under a caution.
+    assert re.search(r"^> \*\*Caution: a toy model \([\d,]+ parameters, training unknown\)", md, flags=re.M), md
+    answers = json.loads((work / "data" / "eval" / "human_eval.json").read_text())
+    assert answers["caution"].startswith("caution: a toy model") and answers["settings"]["num_beams"] == 2
+    assert [a["question"] for a in answers["answers"]] == ["How to install Numpy?",
+                                                           "What is the difference between list and tuple?"]
     assert not [p for p in work.rglob("*") if ".tmp-" in p.name]
 
     # Same inputs, same outputs: the metrics and the answers do not drift between runs.
@@ -360,3 +366,24 @@ def test_dvc_repro_writes_eval_metrics_and_human_eval(project: Path) -> None:
     assert re.findall(r"Running stage '([^']+)'", rerun.stdout) == ["evaluate"]
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)["metrics/eval.json"]
     assert diff["examples"]["new"] == 3 and diff["max_examples"]["new"] == 3
+
+    # Generation settings are evaluate's alone: a new beam width reruns evaluate, never train.
+    md = (project / "metrics" / "human_eval.md").read_text()
+    assert "\ufffd" not in md and re.search(r"Caution: a toy model \([\d,]+ parameters, trained from scratch "
+                                             r"\(preset tiny\) on \d+ question-answer pairs\)", md), md[:600]
+    params["generate"]["num_beams"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "train", "evaluate"], project).stdout
+    assert "evaluate:" in status and "generate" in status and "train:" not in status, status
+    dry = run(["dvc", "repro", "--dry", "evaluate"], project).stdout
+    assert re.findall(r"Running stage '([^']+)'", dry) == ["evaluate"], dry
+
+
+def test_undecodable_byte_pieces_are_dropped_not_shown_as_replacement_chars(loaded) -> None:
+    _, tok = loaded
+    lone = tok.convert_tokens_to_ids("<0xE2>")              # the first byte of a 3-byte character, alone
+    euro = [tok.convert_tokens_to_ids(f"<0x{b:02X}>") for b in "€".encode()]
+    words = tok("pip install numpy", add_special_tokens=False)["input_ids"]
+    assert lone != tok.unk_token_id and "\ufffd" in tok.decode(words + [lone])   # what the seed printed
+    assert ev.decode_answers(tok, [words + [lone], euro + words, [lone, lone]]) == [
+        "pip install numpy", "€pip install numpy", ""]

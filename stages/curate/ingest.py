@@ -27,6 +27,7 @@ from stages.core.ledger import Result
 from stages.core.params import Runtime
 from stages.core.runner import Raw, StreamStage, run
 from stages.core.schemas import ANSWER_SCHEMA, QUESTION_SCHEMA, empty_rejects, rejects, to_frame
+from stages.curate import posts_ranges
 
 KAGGLE_COLUMNS = {
     "questions": ["Id", "OwnerUserId", "CreationDate", "Score", "Title", "Body"],
@@ -443,7 +444,11 @@ def read(source: Path, runtime: Runtime) -> Iterator[Raw]:
                 n = len(raw["Id"]) + len(raw["_bad_rows"])
                 yield Raw(table, n, raw | {"_questions_complete": complete})
     else:
-        for table, raw in read_posts_xml(source, runtime.batch_rows):
+        _check_readable(source)
+        ranged = posts_ranges.plan(source, runtime)     # a one-row-a-line dump, parsed in byte ranges
+        batches = (posts_ranges.read(ranged, runtime, KAGGLE_COLUMNS, lambda: read_posts_xml(source, runtime.batch_rows))
+                   if ranged else read_posts_xml(source, runtime.batch_rows))
+        for table, raw in batches:
             yield Raw("other_posts" if table == "other" else table, len(raw["Id"]), raw)
 
 

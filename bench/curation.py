@@ -345,9 +345,13 @@ def measure_dvc(proj: Path, logs: Path, new_min_score: int | None) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- executor ray beside local
+RAY_WORKER_TITLES = ("ray::soqa_job", "ray::IDLE")     # Ray's agents (ray::DashboardAgent, ...) are not workers
+
+
 class RayWorkerCpu(threading.Thread):
-    """CPU seconds of the Ray workers on this machine (processes titled `ray::...`), sampled every
-    half second: a job's workers exit with their driver, so the last half second of each is lost."""
+    """CPU seconds of the Ray workers on this machine (titled ray::soqa_job while they run a job,
+    ray::IDLE between jobs), sampled every half second: a job's workers exit with their driver, so
+    the last half second of each is lost."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -356,11 +360,15 @@ class RayWorkerCpu(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for p in psutil.process_iter(["cmdline", "cpu_times"]):
-                cmd = p.info.get("cmdline") or []
-                t = p.info.get("cpu_times")
-                if cmd and cmd[0].startswith("ray::") and t is not None:
-                    self.last[p.pid] = t.user + t.system
+            # Fresh Process objects: process_iter() shares its cached ones (and their .info) with the
+            # memory sampler's thread.
+            for pid in psutil.pids():
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    cmd = p.cmdline()
+                    if cmd and cmd[0].startswith(RAY_WORKER_TITLES):
+                        t = p.cpu_times()
+                        self.last[pid] = t.user + t.system
             self.stop.wait(0.5)
 
     def total(self) -> float:

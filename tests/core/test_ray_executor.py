@@ -222,3 +222,26 @@ def test_unknown_executor_and_bad_address_are_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "no Ray cluster answers at '127.0.0.1:1'" in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and not (proj / "data" / "stripped").exists()
+
+
+def test_posts_xml_ranges_parsed_on_the_cluster(cluster, shared: Path) -> None:
+    """ingest's byte-range parse of a real Stack Exchange dump as Ray tasks: the serial batches."""
+    import ray
+
+    from stages.core.params import Runtime
+    from stages.curate import posts_ranges
+    from stages.curate.ingest import KAGGLE_COLUMNS, read_posts_xml
+
+    path = shared / "data" / "se-dump" / "matheducators.stackexchange.com-Posts.xml"
+    rt = Runtime(workers=2, batch_rows=300, executor="ray", ray_address=cluster.address)
+    plan = posts_ranges.plan(path, rt, 100_000)
+    assert plan is not None and len(plan.cuts) > 20
+
+    def plain(batches):
+        return [(t, {c: (v.to_pylist() if hasattr(v, "to_pylist") else list(v)) for c, v in cols.items()})
+                for t, cols in batches]
+    try:
+        ranged = plain(posts_ranges.read(plan, rt, KAGGLE_COLUMNS, lambda: read_posts_xml(path, 300)))
+    finally:
+        ray.shutdown()
+    assert ranged == plain(read_posts_xml(path, 300))

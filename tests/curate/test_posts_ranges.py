@@ -23,6 +23,12 @@ def _plain(batches) -> list[tuple[str, dict[str, list]]]:
             for t, cols in batches]
 
 
+@pytest.fixture(autouse=True)
+def _local_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local process pool runs the ranges here (the same jobs Ray runs: tests/core/test_ray_executor.py)."""
+    monkeypatch.setattr(posts_ranges, "LOCAL_POOL", True)
+
+
 def _ranged(path: Path, batch_rows: int, range_bytes: int, workers: int = 2) -> list:
     rt = Runtime(workers=workers, batch_rows=batch_rows)
     p = posts_ranges.plan(path, rt, range_bytes)
@@ -69,7 +75,7 @@ def test_a_malformed_file_gives_the_serial_error(tmp_path: Path) -> None:
     assert str(ranged.value) == str(serial.value)
 
 
-def test_other_layouts_are_read_serially(tmp_path: Path) -> None:
+def test_other_layouts_are_read_serially(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = Runtime(workers=2)
     one_line = tmp_path / "one.xml"
     one_line.write_bytes(_posts([_row(i) for i in range(200)]).replace(b"\n", b""))
@@ -81,6 +87,10 @@ def test_other_layouts_are_read_serially(tmp_path: Path) -> None:
     assert posts_ranges.plan(doctype, rt, 1000) is None
     assert posts_ranges.plan(fine, Runtime(workers=1), 1000) is None
     assert posts_ranges.plan(fine, rt, 1000) is not None
+    assert posts_ranges.plan(fine, Runtime(workers=2, executor="ray"), 1000) is not None
+    monkeypatch.setattr(posts_ranges, "LOCAL_POOL", False)       # the default: the pool does not pay here
+    assert posts_ranges.plan(fine, rt, 1000) is None
+    assert posts_ranges.plan(fine, Runtime(workers=2, executor="ray"), 1000) is not None
 
 
 def _digests(proj: Path) -> dict[str, str]:

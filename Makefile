@@ -20,7 +20,7 @@ install: $(VENV)/.installed .dvc/plots_offline.html
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray]'
 	touch $@
 
 # The page `dvc plots show/diff` fill, with vega, vega-lite and vega-embed inline (from the pinned

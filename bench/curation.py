@@ -344,6 +344,119 @@ def measure_dvc(proj: Path, logs: Path, new_min_score: int | None) -> dict[str, 
     return out
 
 
+# ----------------------------------------------------------------------------- executor ray beside local
+RAY_WORKER_TITLES = ("ray::soqa_job", "ray::IDLE")     # Ray's agents (ray::DashboardAgent, ...) are not workers
+
+
+class RayWorkerCpu(threading.Thread):
+    """CPU seconds of the Ray workers on this machine (titled ray::soqa_job while they run a job,
+    ray::IDLE between jobs), sampled every half second: a job's workers exit with their driver, so
+    the last half second of each is lost."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.last: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            # Fresh Process objects: process_iter() shares its cached ones (and their .info) with the
+            # memory sampler's thread.
+            for pid in psutil.pids():
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    cmd = p.cmdline()
+                    if cmd and cmd[0].startswith(RAY_WORKER_TITLES):
+                        t = p.cpu_times()
+                        self.last[pid] = t.user + t.system
+            self.stop.wait(0.5)
+
+    def total(self) -> float:
+        return round(sum(self.last.values()), 2)
+
+
+def output_digests(proj: Path) -> dict[str, str]:
+    """md5 of every data output, reject file, audit and quality report."""
+    import hashlib
+
+    out = {}
+    for top in ("data", "metrics/audit", "metrics/quality"):
+        for p in sorted((proj / top).rglob("*")):
+            rel = p.relative_to(proj).as_posix()
+            if p.is_file() and not rel.startswith("data/sample") and "/." not in "/" + rel:
+                out[rel] = hashlib.md5(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_on_ray(corpus: Path, overrides: dict[str, Any], work: Path, logs: Path, address: str | None,
+               local_proj: Path) -> dict[str, Any]:
+    """The same stages with runtime.executor: ray, on `address` or on a two-node cluster started
+    here (ray.cluster_utils, each node half of runtime.workers CPUs and a 1 GB object store); each
+    stage's fixed cost on the embedded sample; whether every output equals the local run's."""
+    from ray.cluster_utils import Cluster
+
+    cluster = None
+    if address is None:
+        cpus = max(1, int(overrides.get("runtime.workers", 2)) // 2)
+        node = {"num_cpus": cpus, "object_store_memory": 1 << 30}
+        cluster = Cluster(initialize_head=True, head_node_args=node | {"include_dashboard": False})
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        address = cluster.address
+    ray_overrides = overrides | {"runtime.executor": "ray", "runtime.ray_address": address}
+    try:
+        proj = copy_project(work / "proj-ray", corpus, ray_overrides)
+        (logs / "ray").mkdir()
+        sampler = RayWorkerCpu()
+        sampler.start()
+        stages = run_stages(proj, logs / "ray")
+        sampler.stop.set()
+        sampler.join()
+        stop_gx_servers(proj)
+        a, b = output_digests(local_proj), output_digests(proj)
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        sample = copy_project(work / "sample-ray", REPO / "data" / "sample", ray_overrides)
+        fixed = {}
+        for stage in STAGES:
+            m = run_measured([sys.executable, "-m", f"stages.curate.{stage}"], sample, logs / "ray" / f"sample-{stage}.log")
+            fixed[stage] = m["wall_s"]
+        stop_gx_servers(sample)
+        shutil.rmtree(proj, ignore_errors=True)
+        shutil.rmtree(sample, ignore_errors=True)
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+    for r in stages:
+        r["sample_run_s"] = fixed[r["stage"]]
+    return {"address": "two-node cluster on this machine" if cluster is not None else address,
+            "stages": stages, "wall_s": round(sum(r["wall_s"] for r in stages), 3),
+            "driver_cpu_s": round(sum(r["cpu_s"] for r in stages), 2), "ray_worker_cpu_s": sampler.total(),
+            "sample_run_s": round(sum(fixed.values()), 3), "outputs_compared": len(a),
+            "outputs_differ": differ}
+
+
+def print_executors(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ray = result["ray"]
+    con = Console(highlight=False, width=170)
+    t = Table(title=f"executor local vs ray ({ray['address']}), same corpus, same run")
+    for col in ("stage", "local wall s", "local CPU s", "ray wall s", "ray driver CPU s", "ray wall on the sample s",
+                "ray - local s"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for loc, r in zip(result["stages"], ray["stages"]):
+        t.add_row(loc["stage"], f"{loc['wall_s']:.2f}", f"{loc['cpu_s']:.1f}", f"{r['wall_s']:.2f}", f"{r['cpu_s']:.1f}",
+                  f"{r['sample_run_s']:.2f}", f"{r['wall_s'] - loc['wall_s']:+.2f}")
+    t.add_row("raw → shards", f"{result['total']['wall_s']:.2f}", f"{result['total']['cpu_s']:.1f}",
+              f"{ray['wall_s']:.2f}", f"{ray['driver_cpu_s']:.1f}", f"{ray['sample_run_s']:.2f}",
+              f"{ray['wall_s'] - result['total']['wall_s']:+.2f}")
+    con.print(t)
+    con.print(f"Ray workers' CPU (sampled): {ray['ray_worker_cpu_s']:.1f} s. Outputs (data, rejects, audits, quality "
+              f"reports) compared: {ray['outputs_compared']}, differing: {len(ray['outputs_differ'])} "
+              f"{ray['outputs_differ'][:5] or ''}")
+
+
 def generate(corpus: Path, questions: int) -> None:
     if (corpus / "Questions.csv").exists() and (corpus / "Answers.csv").exists():
         print(f"using the corpus already in {corpus}", file=sys.stderr)
@@ -478,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: on)")
     ap.add_argument("--min-score", type=int, default=None, help="the changed filter.min_score (default: current + 1)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per start-up figure (median)")
+    ap.add_argument("--executors", default="local", help="local, or local,ray: the same stages again with "
+                    "runtime.executor ray (per stage beside local, outputs compared)")
+    ap.add_argument("--ray-address", default=None, help="the Ray cluster for --executors local,ray "
+                    "(default: a two-node cluster started on this machine for the benchmark)")
     ap.add_argument("--keep", type=Path, help="build the project copy here and keep it (default: a temp dir)")
     args = ap.parse_args(argv)
 
@@ -549,8 +666,12 @@ def main(argv: list[str] | None = None) -> int:
             result["total"]["import_s"] = round(sum(st[s]["import_s"] for s in STAGES if s in st), 3)
             result["total"]["sample_run_s"] = round(sum(st[s]["sample_run_s"] for s in STAGES if s in st), 3)
             result["total"]["sample_cpu_s"] = round(sum(st[s]["sample_cpu_s"] for s in STAGES if s in st), 3)
+        if "ray" in args.executors.split(","):
+            result["ray"] = run_on_ray(corpus, overrides, work, logs, args.ray_address, proj)
         result["verdict"] = verdict(result)
         print_report(result)
+        if "ray" in result:
+            print_executors(result)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -4,7 +4,8 @@ results in submission order, so outputs are byte-identical whatever the executor
 count. An executor never counts rows: the runner books what comes back.
 
 A cluster engine plugs in here: the same jobs (a file and a row group, read where the job runs),
-the same order, at most a bounded number in flight.
+the same order, at most a bounded number in flight. core.ray_executor is one (runtime.executor:
+ray), imported only when chosen.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import multiprocessing as mp
 import signal
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from stages.core.params import Runtime
 
 
 class Executor(Protocol):
@@ -70,3 +73,12 @@ def ignore_sigint() -> None:
 def make_executor(workers: int) -> Executor:
     """The process pool for more than one worker, else in-process."""
     return ProcessPool(workers) if workers > 1 else InProcess()
+
+
+def executor_for(runtime: Runtime) -> Executor:
+    """The executor runtime.executor names: Ray (core.ray_executor), else make_executor(workers)."""
+    if runtime.executor == "ray":
+        from stages.core.ray_executor import RayExecutor
+
+        return RayExecutor(runtime.ray_address, runtime.workers)
+    return make_executor(runtime.workers)

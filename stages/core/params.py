@@ -35,13 +35,18 @@ def whole_number(value: Any, key: str, minimum: int | None = None, maximum: int 
     return value
 
 
+EXECUTORS = ("local", "ray")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How a stage runs, never what it produces (params.yaml `runtime:`, which no stage lists in
     dvc.yaml: changing it reruns nothing). Outputs are byte-identical for any of these values."""
     workers: int = 2              # processes of the process-pool executor (1: in this process)
     batch_rows: int = 20000       # rows per streamed batch where a stage reads in batches
-    executor: str = "local"       # local: this machine (in-process or the process pool)
+    executor: str = "local"       # local: this machine (in-process or the process pool) | ray: a Ray cluster
+    ray_address: str | None = None   # executor ray: the cluster ("auto", "HOST:PORT"); none: RAY_ADDRESS, else
+                                     # a Ray started on this machine for the stage (runtime.workers CPUs)
     gx_preload: bool = True       # validate in the GX preloader (core/gx_preload.py) when it answers
 
     @classmethod
@@ -54,6 +59,9 @@ class Runtime:
         rt = cls(**r)
         whole_number(rt.workers, "runtime.workers", 1)
         whole_number(rt.batch_rows, "runtime.batch_rows", 1)
-        if rt.executor != "local":
-            raise StageError(f"params.yaml: runtime.executor must be 'local', got {rt.executor!r}")
+        if rt.executor not in EXECUTORS:
+            raise StageError(f"params.yaml: runtime.executor must be one of {list(EXECUTORS)}, got {rt.executor!r}")
+        if rt.ray_address is not None and (not isinstance(rt.ray_address, str) or not rt.ray_address.strip()):
+            raise StageError(f"params.yaml: runtime.ray_address must be a Ray address such as 'auto' or "
+                             f"'10.0.0.5:6379' (or absent), got {rt.ray_address!r}")
         return rt

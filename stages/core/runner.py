@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from stages.core.console import print_error, print_stage_summary, row_progress
 from stages.core.errors import StageError
-from stages.core.executors import Executor, InProcess, make_executor
+from stages.core.executors import Executor, InProcess, executor_for
 from stages.core.gate import Suite, validate
 from stages.core.ledger import Ledger, Result
 from stages.core.memory import keep_freed_memory
@@ -218,13 +218,15 @@ def run_gate(stage: Stage, params: dict[str, Any], out: Path, runtime: Runtime) 
     (row checks on a pool of runtime.workers processes)."""
     from stages.core import gx_preload
 
-    if gx_preload.enabled(runtime.gx_preload):
+    # On Ray the row checks run on the cluster; the preloader would run them on this machine.
+    on_cluster = runtime.executor == "ray" and bool(stage.suite.row_tables)
+    if gx_preload.enabled(runtime.gx_preload) and not on_cluster:
         try:
             gx_preload.validate(stage.module, params, out, runtime.workers)
             return
         except gx_preload.ServerUnavailable as exc:       # never skip the gate: validate here
             print(f"{stage.name}: GX preloader unavailable ({exc}); validating in this process", file=sys.stderr)
-    executor = make_executor(runtime.workers) if stage.suite.row_tables else InProcess()
+    executor = executor_for(runtime) if stage.suite.row_tables else InProcess()
     try:
         validate(stage, params, out, executor)
     finally:
@@ -235,6 +237,10 @@ def execute(stage: Stage, all_params: dict[str, Any]) -> dict[str, Any]:
     """Run a stage in the current folder: rows through, counted, checked, committed. Returns the
     audit summary; raises StageError (nothing committed) when the stage cannot go on."""
     runtime = Runtime.from_params(all_params)
+    if runtime.executor == "ray":
+        from stages.core.ray_executor import require
+
+        require()
     params = declared(all_params, stage.params)
     options = stage.options(params)
     from stages.core import gx_preload
@@ -250,7 +256,7 @@ def execute(stage: Stage, all_params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(stage, MapStage):
             # The executor forks first: no sink thread exists yet to be copied mid-lock. Closed
             # before the gate: idle workers would hold their memory while it runs.
-            executor = InProcess() if stage.in_process else make_executor(runtime.workers)
+            executor = InProcess() if stage.in_process else executor_for(runtime)
             try:
                 _run_map(stage, options, ledger, tmp, executor)
             finally:

@@ -34,6 +34,7 @@ from stages.core.ledger import Result
 from stages.core.params import Runtime
 from stages.core.runner import Raw, StreamStage, run
 from stages.core.schemas import ANSWER_SCHEMA, QUESTION_SCHEMA, empty_rejects, rejects, to_frame
+from stages.curate import posts_ranges
 from stages.curate.sources import (CSV_FILES, KAGGLE_COLUMNS, KNOWN, NULL_TOKENS, Source, decode_column, decode_row,
                                    detect, kaggle_tables, posts_tables, read_kaggle_csv, read_posts_xml,
                                    tagged_question_ids)
@@ -387,7 +388,7 @@ def read(opts: IngestOptions, runtime: Runtime) -> Iterator[Raw]:
         tables = ((t, raw | {"_questions_complete": t == "answers"}) for t, raw in kaggle_tables(src, opts.ignored))
     elif src.layout == "posts_xml":
         attributes: set[str] = set()
-        tables = read_posts_xml(src.path, runtime.batch_rows, opts.tags_per_row, src.compression, attributes)
+        tables = _posts_xml(src, opts, runtime, attributes)
     else:
         opts.ignored.update(src.ignored)
         tables = posts_tables(src, runtime.batch_rows, opts.tags_per_row)
@@ -395,6 +396,20 @@ def read(opts: IngestOptions, runtime: Runtime) -> Iterator[Raw]:
         yield Raw("other_posts" if table == "other" else table, len(raw["Id"]) + len(raw.get("_bad_rows", [])), raw)
     if src.layout == "posts_xml":
         opts.ignored.update(attributes - set(KNOWN))
+
+
+def _posts_xml(src: Source, opts: IngestOptions, runtime: Runtime, attributes: set[str]) -> Iterator[tuple[str, Any]]:
+    """A Posts.xml's batches: a plain one-row-a-line dump parsed in byte ranges where the executor
+    runs them (core ray, or the local pool when posts_ranges.LOCAL_POOL), else the serial parse."""
+    def serial() -> Iterator[tuple[str, Any]]:
+        return read_posts_xml(src.path, runtime.batch_rows, opts.tags_per_row, src.compression, attributes)
+
+    ranged = posts_ranges.plan(src.path, runtime) if src.compression is None else None
+    if not ranged:
+        return serial()
+    columns = {"questions": KAGGLE_COLUMNS["questions"] + (["Tags"] if opts.tags_per_row else []),
+               "answers": KAGGLE_COLUMNS["answers"]}
+    return posts_ranges.read(ranged, runtime, columns, serial, attributes)
 
 
 def _tags(value: Any) -> frozenset[str]:

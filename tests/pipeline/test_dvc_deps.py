@@ -12,8 +12,9 @@ import yaml
 from conftest import REPO, run
 from imports import closure, code_files, graph
 
-# Runtime-only code: the GX preloader runs the same gate (core/gate.py, a dependency) in another process.
-RUNTIME_ONLY = {"stages/core/gx_preload.py"}
+# Runtime-only code: the GX preloader runs the same gate (core/gate.py, a dependency) in another process;
+# the Ray executor runs the same jobs on a cluster (same bytes: tests/core/test_ray_executor.py).
+RUNTIME_ONLY = {"stages/core/gx_preload.py", "stages/core/ray_executor.py"}
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 

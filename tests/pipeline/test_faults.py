@@ -269,7 +269,7 @@ def test_duplicate_of_a_rejected_row_is_still_a_duplicate(tmp_path: Path, monkey
         ["22", "1", "2008-08-02T16:00:00Z", "404", "3", "<p>to no question</p>"],
     ]))
     monkeypatch.chdir(tmp_path)
-    summary = runner.execute(ingest.STAGE, {"ingest": {"source": str(src)},
+    summary = runner.execute(ingest.STAGE, {"ingest": {"source": str(src), "tags": []},
                                             "runtime": {"workers": 1, "batch_rows": 100, "gx_preload": False}})
     q = pd.read_parquet(tmp_path / "data" / "raw" / "questions.parquet")
     a = pd.read_parquet(tmp_path / "data" / "raw" / "answers.parquet")

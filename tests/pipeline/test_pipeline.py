@@ -57,12 +57,16 @@ def test_repro_noop_and_partial_rerun(project: Path) -> None:
 
 @pytest.mark.slow
 def test_failed_stage_writes_nothing(project: Path) -> None:
+    # A dump whose layout is recognised but which breaks off mid-file: the stage fails after work began.
+    (project / "Posts.xml").write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n'
+                                       '  <row Id="1" PostTypeId="1" Score="3" Title="t" Body="&lt;p&gt;b&lt;/p&gt;" '
+                                       'CreationDate="2008-08-01T13:57:07.123" />\n  <row Id="2" PostTy')
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["ingest"]["source"] = "data/sample/Questions.csv"   # a file, but not a Posts.xml dump
+    params["ingest"]["source"] = "Posts.xml"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run(["dvc", "repro", "ingest"], project, check=False)
     assert proc.returncode != 0
-    assert "ingest: data/sample/Questions.csv:" in proc.stderr
+    assert "ingest: Posts.xml:" in proc.stderr
     assert not (project / "data" / "raw").exists()
     assert not (project / "metrics" / "audit" / "ingest.json").exists()
     assert not [p for p in (project / "data").rglob("*") if ".tmp-" in p.name]

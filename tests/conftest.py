@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def curate_stages() -> list[str]:
+    """The data stages (python -m stages.curate.*) in dvc.yaml's order: the order they run in."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return [name for name, s in stages.items() if s["cmd"].startswith("python -m stages.curate.")]
 SHARED = REPO.parent / "shared"
 VENV_BIN = Path(sys.executable).parent
 

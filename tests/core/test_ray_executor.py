@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import SHARED, copy_project, env
-from stages.app.funnel import DATA_STAGES
+from conftest import SHARED, copy_project, curate_stages, env
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +102,7 @@ def test_ray_gives_the_same_bytes_as_local(cluster, tmp_path: Path, request: pyt
     source = request.getfixturevalue("fault_corpus") if corpus == "faults" else None
     local = _project(tmp_path / "local", source, "local")
     on_ray = _project(tmp_path / "ray", source, "ray", address=cluster.address)
-    for stage in DATA_STAGES:
+    for stage in curate_stages():
         _stage(local, stage)
         _stage(on_ray, stage)
     a, b = _digests(local), _digests(on_ray)
